@@ -1,0 +1,54 @@
+"""Callbacks the CLI always adds: best/last checkpoints and the predictions CSV."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint
+
+
+class LatestCheckpoint(ModelCheckpoint):
+    """``last.ckpt`` rewritten after every training epoch, whether or not ``val/acc`` improved.
+
+    (A monitored ``ModelCheckpoint(save_last=True)`` only rewrites it when a top-k file is saved,
+    so resuming from "last" could silently go back to an older epoch.)
+    """
+
+    def __init__(self, dirpath: str | None = None):
+        super().__init__(dirpath=dirpath, filename="last", monitor=None, save_top_k=1, save_on_train_epoch_end=True,
+                         enable_version_counter=False)
+
+    def _save_none_monitor_checkpoint(self, trainer, monitor_candidates) -> None:
+        # Always overwrite one file; the parent would also delete the previous one by name.
+        filepath = self.format_checkpoint_name(monitor_candidates)
+        self._save_checkpoint(trainer, filepath)
+        self.best_model_path = filepath
+
+
+class PredictionCSV(BasePredictionWriter):
+    """Writes ``path,class_name,probability`` for every predicted image.
+
+    Args:
+        output: CSV file to write; defaults to ``predictions.csv`` in the run's log directory.
+    """
+
+    def __init__(self, output: str | None = None):
+        super().__init__(write_interval="epoch")
+        self.output = output
+        self.written: Path | None = None
+
+    def write_on_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, predictions, batch_indices) -> None:
+        dataset = trainer.datamodule.predict_set
+        names = pl_module.class_names
+        out = Path(self.output) if self.output else Path(trainer.log_dir or ".") / "predictions.csv"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with out.open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["path", "class_name", "probability"])
+            for batch in predictions:
+                for i, label, p in zip(batch["index"].tolist(), batch["label"].tolist(), batch["probability"].tolist()):
+                    writer.writerow([str(dataset.paths[i]), names[label], f"{p:.6f}"])
+        self.written = out
+        print(f"Wrote {sum(len(b['index']) for b in predictions)} predictions to {out}")

@@ -1,0 +1,86 @@
+"""``twinloop fit|validate|test|predict``: Lightning's CLI over the classifier and data module."""
+
+from __future__ import annotations
+
+import sys
+
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from project.callbacks import LatestCheckpoint, PredictionCSV
+from project.data import DataUnavailableError, ImageDataModule
+from project.module import ImageClassifier
+
+# The embedded default run (configs/digits.yaml holds the same values, with reasons).
+DEFAULT_OPTIMIZER = {
+    "class_path": "torch.optim.SGD",
+    "init_args": {"lr": 0.05, "momentum": 0.9, "nesterov": True, "weight_decay": 5.0e-4},
+}
+TRAINER_DEFAULTS = {
+    "max_epochs": 10,
+    "log_every_n_steps": 10,
+    "logger": {
+        "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+        # hp_metric is logged by the model as the best val/acc, with the whole config as hparams
+        "init_args": {"save_dir": ".", "name": "lightning_logs", "default_hp_metric": False},
+    },
+}
+
+
+class TwinloopCLI(LightningCLI):
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("trainer_defaults", TRAINER_DEFAULTS)
+        kwargs.setdefault("seed_everything_default", 42)
+        kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        super().__init__(ImageClassifier, ImageDataModule, *args, **kwargs)
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
+        parser.link_arguments("data.in_channels", "model.in_channels", apply_on="instantiate")
+        parser.link_arguments("data.class_names", "model.class_names", apply_on="instantiate")
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults({
+            "checkpoint.monitor": "val/acc",
+            "checkpoint.mode": "max",
+            "checkpoint.save_top_k": 1,
+            "checkpoint.filename": "best-epoch{epoch:03d}-acc{val/acc:.4f}",
+            "checkpoint.auto_insert_metric_name": False,
+            "model.optimizer": DEFAULT_OPTIMIZER,
+        })
+        parser.add_lightning_class_args(LatestCheckpoint, "last_checkpoint")
+        parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
+        parser.set_defaults({"lr_monitor.logging_interval": "step"})
+        parser.add_lightning_class_args(PredictionCSV, "predictions")
+
+    def before_fit(self) -> None:
+        log_run_config(self.trainer, self.config[self.subcommand].as_dict())
+
+    def after_fit(self) -> None:
+        ckpt = self.trainer.checkpoint_callback
+        metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith("val/acc")}
+        print(f"\nbest checkpoint: {ckpt.best_model_path}" if ckpt and ckpt.best_model_path else "")
+        if "val/acc" in metrics:
+            print(f"val/acc {metrics['val/acc']:.4f} (best {metrics.get('val/acc_best', metrics['val/acc']):.4f})")
+
+
+def log_run_config(trainer, config: dict) -> None:
+    """Flattened run config into TensorBoard's HPARAMS tab, with hp_metric as its metric."""
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from project.monitoring import flatten_config, log_hparams
+
+    logger = trainer.logger
+    if isinstance(logger, TensorBoardLogger) and trainer.is_global_zero:
+        log_hparams(logger.experiment, flatten_config(config))
+
+
+def main(args: list[str] | None = None) -> None:
+    try:
+        TwinloopCLI(args=args)
+    except DataUnavailableError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

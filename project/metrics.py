@@ -1,0 +1,66 @@
+"""Per-stage metrics, shared by the LightningModule and the reference loop."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torchmetrics import MeanMetric, MetricCollection
+from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
+
+
+class StageMetrics(nn.Module):
+    """Loss and accuracy for one stage (``train``, ``val`` or ``test``), with tags ``f"{stage}/..."``.
+
+    The loss is a batch-size weighted mean, so a smaller last batch counts for what it holds.
+    ``detailed`` adds per-class accuracy, the confusion matrix and a few misclassified images.
+    """
+
+    def __init__(self, stage: str, num_classes: int, detailed: bool = False, keep_misclassified: int = 16):
+        super().__init__()
+        self.stage = stage
+        self.loss = MeanMetric()
+        metrics = {"acc": MulticlassAccuracy(num_classes, average="micro")}
+        if num_classes > 5:
+            metrics["acc_top5"] = MulticlassAccuracy(num_classes, top_k=5, average="micro")
+        self.scores = MetricCollection(metrics)
+        self.detailed = detailed
+        if detailed:
+            self.per_class = MulticlassAccuracy(num_classes, average=None)
+            self.confusion = MulticlassConfusionMatrix(num_classes)
+        self.keep_misclassified = keep_misclassified
+        self.misclassified: list[tuple[Tensor, int, int]] = []
+
+    @torch.no_grad()
+    def update(self, logits: Tensor, target: Tensor, loss: Tensor, images: Tensor | None = None) -> None:
+        logits, loss = logits.detach().float(), loss.detach().float()
+        self.loss.update(loss, weight=target.shape[0])
+        self.scores.update(logits, target)
+        if self.detailed:
+            self.per_class.update(logits, target)
+            self.confusion.update(logits, target)
+            if images is not None and len(self.misclassified) < self.keep_misclassified:
+                pred = logits.argmax(dim=1)
+                for i in torch.nonzero(pred != target).flatten()[: self.keep_misclassified - len(self.misclassified)]:
+                    self.misclassified.append((images[i].detach().cpu(), int(target[i]), int(pred[i])))
+
+    def compute(self) -> dict[str, Tensor]:
+        """Scalars by TensorBoard tag, e.g. ``{"val/loss": ..., "val/acc": ...}``."""
+        # Training logs the loss per step as train/loss, so its epoch mean gets a tag of its own.
+        loss_tag = "loss_epoch" if self.stage == "train" else "loss"
+        out = {f"{self.stage}/{loss_tag}": self.loss.compute()}
+        out.update({f"{self.stage}/{k}": v for k, v in self.scores.compute().items()})
+        return out
+
+    def per_class_accuracy(self) -> Tensor:
+        return self.per_class.compute()
+
+    def confusion_matrix(self) -> Tensor:
+        return self.confusion.compute()
+
+    def reset(self) -> None:
+        self.loss.reset()
+        self.scores.reset()
+        if self.detailed:
+            self.per_class.reset()
+            self.confusion.reset()
+        self.misclassified = []

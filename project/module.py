@@ -1,0 +1,154 @@
+"""The LightningModule: a thin wrapper around a pure network from ``project.models``."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import lightning as L
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.loggers import TensorBoardLogger
+from torch import Tensor
+
+from project import monitoring
+from project.factory import build_criterion, build_optimization, default_optimizer
+from project.metrics import StageMetrics
+from project.models import build_network
+
+
+class ImageClassifier(L.LightningModule):
+    """Image classifier; Lightning's Trainer runs the loop around it.
+
+    Args:
+        num_classes: linked from the data module.
+        in_channels: linked from the data module.
+        backbone: ``simple_cnn`` or a torchvision classification model name (resnet18, ...).
+        small_input_stem: 3x3 stride-1 stem and no max-pool, for 32 px inputs.
+        dropout: dropout rate of the classifier head.
+        label_smoothing: cross-entropy label smoothing.
+        optimizer: builds the optimizer from the parameters.
+        lr_scheduler: builds a scheduler from the optimizer; OneCycleLR may omit ``total_steps``.
+        scheduler_interval: step the scheduler every ``epoch`` or every optimizer ``step``.
+        class_names: linked from the data module; used by predictions and pictures.
+        log_images_every_n_epochs: confusion matrix and misclassified grid every N validation
+            epochs (0 turns pictures off).
+        num_misclassified_images: how many misclassified validation images to show.
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 10,
+        in_channels: int = 1,
+        backbone: str = "simple_cnn",
+        small_input_stem: bool = False,
+        dropout: float = 0.25,
+        label_smoothing: float = 0.0,
+        optimizer: OptimizerCallable = default_optimizer,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        scheduler_interval: Literal["epoch", "step"] = "epoch",
+        class_names: list[str] | None = None,
+        log_images_every_n_epochs: int = 1,
+        num_misclassified_images: int = 16,
+    ):
+        super().__init__()
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+        self.net = build_network(backbone, num_classes, in_channels, small_input_stem, dropout)
+        self.criterion = build_criterion(label_smoothing)
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = lr_scheduler
+        self.scheduler_interval = scheduler_interval
+        self.class_names = class_names or [str(i) for i in range(num_classes)]
+        self.log_images_every_n_epochs = log_images_every_n_epochs
+        self.train_metrics = StageMetrics("train", num_classes)
+        self.val_metrics = StageMetrics("val", num_classes, detailed=True, keep_misclassified=num_misclassified_images)
+        self.test_metrics = StageMetrics("test", num_classes)
+        self.best_val_acc: float | None = None
+        self._input_grid_logged = False
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+    def configure_optimizers(self):
+        optimizer, scheduler = build_optimization(
+            self.parameters(), self.optimizer_factory, self.scheduler_factory, self.trainer.estimated_stepping_batches
+        )
+        if scheduler is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval}}
+
+    def on_train_epoch_start(self) -> None:
+        # Lightning >= 2.2 keeps whatever mode the model was left in; a model the user put in eval
+        # mode would otherwise train with frozen BatchNorm statistics and no dropout.
+        self.train()
+
+    def _shared_step(self, batch, metrics: StageMetrics) -> Tensor:
+        x, y = batch
+        logits = self(x)
+        loss = self.criterion(logits, y)
+        metrics.update(logits, y, loss, images=x)
+        return loss
+
+    def training_step(self, batch, batch_idx: int) -> Tensor:
+        loss = self._shared_step(batch, self.train_metrics)
+        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
+        if not self._input_grid_logged and (writer := self._writer()) is not None:
+            dm = self.trainer.datamodule
+            writer.add_image("train/inputs", monitoring.input_grid(batch[0], dm.mean, dm.std), self.global_step)
+            self._input_grid_logged = True
+        return loss
+
+    def on_train_epoch_end(self) -> None:
+        self.log_dict(self.train_metrics.compute())
+        self.train_metrics.reset()
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._shared_step(batch, self.val_metrics)
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:  # the pre-fit sanity pass is not an epoch of its own
+            self.val_metrics.reset()
+            return
+        results = self.val_metrics.compute()
+        acc = float(results["val/acc"])
+        self.best_val_acc = acc if self.best_val_acc is None else max(self.best_val_acc, acc)
+        self.log_dict(results, prog_bar=True)
+        self.log("val/acc_best", self.best_val_acc)
+        self.log("hp_metric", self.best_val_acc)
+        per_class = self.val_metrics.per_class_accuracy()
+        self.log_dict({f"val/acc_class/{name}": per_class[i] for i, name in enumerate(self.class_names)})
+        writer = self._writer()
+        epoch = self.current_epoch
+        n = self.log_images_every_n_epochs
+        if writer is not None and n > 0 and epoch % n == 0:
+            dm = self.trainer.datamodule
+            step = self.global_step
+            monitoring.log_png(writer, "val/confusion_matrix",
+                               monitoring.confusion_matrix_png(self.val_metrics.confusion_matrix(), self.class_names), step)
+            monitoring.log_png(writer, "val/misclassified",
+                               monitoring.misclassified_png(self.val_metrics.misclassified, self.class_names, dm.mean, dm.std), step)
+        self.val_metrics.reset()
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._shared_step(batch, self.test_metrics)
+
+    def on_test_epoch_end(self) -> None:
+        self.log_dict(self.test_metrics.compute())
+        self.test_metrics.reset()
+
+    def predict_step(self, batch, batch_idx: int) -> dict[str, Tensor]:
+        x, index = batch
+        prob = torch.softmax(self(x).float(), dim=1)
+        confidence, label = prob.max(dim=1)
+        return {"index": index, "label": label, "probability": confidence}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["best_val_acc"] = self.best_val_acc
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.best_val_acc = checkpoint.get("best_val_acc")
+
+    def _writer(self):
+        logger = self.logger
+        if isinstance(logger, TensorBoardLogger) and self.trainer.is_global_zero:
+            return logger.experiment
+        return None

@@ -1,0 +1,1 @@
+"""The plain-PyTorch reference loop and its command line."""

@@ -1,0 +1,3 @@
+from project.reference.cli import main
+
+main()

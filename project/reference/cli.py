@@ -1,0 +1,366 @@
+"""``twinloop-reference fit|validate -c CONFIG [overrides]``: the reference loop on the same configs.
+
+The config goes through the very parser ``twinloop`` uses, and the network, data, loss, metrics,
+optimizer and scheduler come from the same classes and factories; only the loop differs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+from project import monitoring
+from project.cli import TwinloopCLI
+from project.data import DataUnavailableError, ImageDataModule
+from project.factory import build_optimization, stepping_batches
+from project.metrics import StageMetrics
+from project.module import ImageClassifier
+from project.reference import loop
+
+# Trainer keys the reference loop carries out. Any other key must keep its default: the loop
+# refuses it rather than silently doing something else than Lightning would.
+HONOURED_TRAINER_KEYS = {
+    "max_epochs", "accelerator", "devices", "precision", "accumulate_grad_batches", "gradient_clip_val",
+    "gradient_clip_algorithm", "limit_train_batches", "limit_val_batches", "check_val_every_n_epoch",
+    "default_root_dir", "deterministic", "log_every_n_steps",
+    # no effect on the numbers: the sanity pass runs under isolate_rng, bars and summaries only print
+    "num_sanity_val_steps", "enable_progress_bar", "enable_model_summary", "logger", "enable_checkpointing",
+}
+PRECISIONS = {"32": "32-true", "32-true": "32-true", "bf16": "bf16-mixed", "bf16-mixed": "bf16-mixed",
+              "16": "16-mixed", "16-mixed": "16-mixed"}
+
+
+class ConfigError(ValueError):
+    """A config the reference loop cannot run as Lightning would."""
+
+
+class _NoTrainerCLI(TwinloopCLI):
+    """Parses and instantiates model and data exactly like ``twinloop``, without a Trainer."""
+
+    def instantiate_trainer(self, **kwargs):
+        return None
+
+
+@dataclass
+class TrainerSettings:
+    """The honoured trainer keys, checked and normalised."""
+
+    max_epochs: int = 1000
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    precision: str = "32-true"
+    accumulate_grad_batches: int = 1
+    gradient_clip_val: float | None = None
+    gradient_clip_algorithm: str = "norm"
+    limit_train_batches: int | float = 1.0
+    limit_val_batches: int | float = 1.0
+    check_val_every_n_epoch: int = 1
+    deterministic: bool = False
+    log_every_n_steps: int = 50
+    default_root_dir: str | None = None
+    enable_progress_bar: bool = True
+    enable_checkpointing: bool = True
+
+    @classmethod
+    def from_config(cls, trainer: dict, defaults: dict) -> TrainerSettings:
+        unsupported = sorted(k for k, v in trainer.items() if k not in HONOURED_TRAINER_KEYS and v != defaults.get(k))
+        if unsupported:
+            raise ConfigError(
+                "The reference loop does not implement these trainer settings, so it cannot match Lightning: "
+                + ", ".join(f"trainer.{k}={trainer[k]!r}" for k in unsupported)
+                + ". Remove them from the config to compare."
+            )
+        accelerator = str(trainer.get("accelerator") or "auto")
+        if accelerator == "auto":
+            accelerator = "cuda" if torch.cuda.is_available() else "cpu"
+        accelerator = {"gpu": "cuda"}.get(accelerator, accelerator)
+        if accelerator not in ("cpu", "cuda"):
+            raise ConfigError(f"trainer.accelerator={trainer.get('accelerator')!r}: the reference loop runs on cpu or cuda")
+        if accelerator == "cuda" and not torch.cuda.is_available():
+            raise ConfigError("trainer.accelerator=cuda, but CUDA is not available on this machine")
+        devices = trainer.get("devices", "auto")
+        if devices not in ("auto", 1, "1", [0]):
+            raise ConfigError(f"trainer.devices={devices!r}: the reference loop runs on one device (devices=1)")
+        precision = PRECISIONS.get(str(trainer.get("precision") or "32-true"))
+        if precision is None:
+            raise ConfigError(f"trainer.precision={trainer.get('precision')!r}: use 32-true, bf16-mixed or 16-mixed")
+        max_epochs = trainer.get("max_epochs")
+        clip_val = trainer.get("gradient_clip_val")
+        return cls(
+            max_epochs=1000 if max_epochs in (None, -1) else int(max_epochs),
+            device=torch.device(accelerator),
+            precision=precision,
+            accumulate_grad_batches=int(trainer.get("accumulate_grad_batches") or 1),
+            gradient_clip_val=float(clip_val) if clip_val else None,
+            gradient_clip_algorithm=trainer.get("gradient_clip_algorithm") or "norm",
+            limit_train_batches=_limit(trainer.get("limit_train_batches")),
+            limit_val_batches=_limit(trainer.get("limit_val_batches")),
+            check_val_every_n_epoch=int(trainer.get("check_val_every_n_epoch") or 1),
+            deterministic=bool(trainer.get("deterministic")),
+            log_every_n_steps=50 if trainer.get("log_every_n_steps") is None else int(trainer["log_every_n_steps"]),
+            default_root_dir=trainer.get("default_root_dir"),
+            enable_progress_bar=trainer.get("enable_progress_bar") is not False,
+            enable_checkpointing=trainer.get("enable_checkpointing") is not False,
+        )
+
+
+def _limit(value) -> int | float:
+    if value is None:
+        return 1.0
+    return value if isinstance(value, int) and not isinstance(value, bool) else float(value)
+
+
+@dataclass
+class ReferenceRun:
+    """Everything one reference run needs, built from the config through the shared classes."""
+
+    classifier: ImageClassifier
+    datamodule: ImageDataModule
+    settings: TrainerSettings
+    config: dict
+    logger_save_dir: str = "."
+    logger_name: str = "lightning_logs"
+
+
+def load_run(args: list[str]) -> ReferenceRun:
+    """Parse ``-c CONFIG`` and overrides like ``twinloop`` does (seeding included), and build the parts."""
+    cli = _NoTrainerCLI(args=args, run=False)
+    config = cli.config.as_dict()
+    defaults = cli.parser.get_defaults().as_dict()["trainer"]
+    settings = TrainerSettings.from_config(config["trainer"], defaults)
+    logger = config["trainer"].get("logger")
+    save_dir, name = settings.default_root_dir or ".", "lightning_logs"
+    if isinstance(logger, dict):
+        init = logger.get("init_args", {})
+        save_dir, name = init.get("save_dir", save_dir), init.get("name", name) or ""
+    return ReferenceRun(cli.model, cli.datamodule, settings, config, save_dir, name)
+
+
+def configure_determinism(settings: TrainerSettings) -> None:
+    if settings.deterministic:  # what Trainer(deterministic=True) switches on
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+
+
+class Progress:
+    """A DataLoader shown as a progress bar; a fresh bar every pass."""
+
+    def __init__(self, loader, desc: str, enabled: bool = True, total: int | None = None):
+        self.loader, self.desc, self.enabled, self.total = loader, desc, enabled, total
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        yield from tqdm(self.loader, desc=self.desc, disable=not self.enabled, leave=False, total=self.total)
+
+
+class ReferenceLogger:
+    """TensorBoard logging with Lightning's tags and step numbering, so the two runs overlay.
+
+    Steps count optimizer steps: per-step scalars go at the index of the step, epoch and validation
+    scalars at the index of the epoch's last step.
+    """
+
+    def __init__(self, log_dir: Path, log_every_n_steps: int, datamodule: ImageDataModule, classifier: ImageClassifier):
+        self.writer = SummaryWriter(str(log_dir))
+        self.log_dir = log_dir
+        self.every = log_every_n_steps
+        self.dm = datamodule
+        self.class_names = classifier.class_names
+        self.image_every = classifier.log_images_every_n_epochs
+        self.steps = 0
+        self.epoch = 0
+        self.best_val_acc: float | None = None
+        self._lr_before_step: dict[str, float] = {}
+
+    def watch(self, net: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        """Hooks (not loop code) for what Lightning's callbacks log: the LR used by each step and
+        the first augmented training batch."""
+        tag = f"lr-{type(optimizer).__name__}"
+
+        def before_step(opt, args, kwargs):
+            self._lr_before_step = {tag: opt.param_groups[0]["lr"]}
+
+        optimizer.register_step_pre_hook(before_step)
+
+        def first_input(module, inputs):
+            if module.training:
+                grid = monitoring.input_grid(inputs[0], self.dm.mean, self.dm.std)
+                self.writer.add_image("train/inputs", grid, self.steps)
+                handle.remove()
+
+        handle = net.register_forward_pre_hook(first_input)
+
+    def log_hparams(self, config: dict) -> None:
+        monitoring.log_hparams(self.writer, monitoring.flatten_config(config))
+
+    def on_step(self, loss: torch.Tensor) -> None:
+        k = self.steps
+        if self.every > 0 and (k + 1) % self.every == 0:
+            self._scalars({"train/loss": loss, **self._lr_before_step}, k)
+        self.steps += 1
+
+    def on_epoch_end(self, epoch: int, train: dict, val: dict | None, val_metrics: StageMetrics) -> None:
+        step = self.steps - 1
+        self._scalars(train, step)
+        if val is None:
+            return
+        acc = float(val["val/acc"])
+        self.best_val_acc = acc if self.best_val_acc is None else max(self.best_val_acc, acc)
+        per_class = val_metrics.per_class_accuracy()
+        self._scalars({
+            **val, "val/acc_best": self.best_val_acc, "hp_metric": self.best_val_acc,
+            **{f"val/acc_class/{n}": per_class[i] for i, n in enumerate(self.class_names)},
+        }, step)
+        if self.image_every > 0 and epoch % self.image_every == 0:
+            monitoring.log_png(self.writer, "val/confusion_matrix",
+                               monitoring.confusion_matrix_png(val_metrics.confusion_matrix(), self.class_names), self.steps)
+            monitoring.log_png(self.writer, "val/misclassified",
+                               monitoring.misclassified_png(val_metrics.misclassified, self.class_names, self.dm.mean, self.dm.std),
+                               self.steps)
+
+    def _scalars(self, values: dict, step: int) -> None:
+        for tag, value in {**values, "epoch": self.epoch}.items():
+            self.writer.add_scalar(tag, float(value), step)
+        self.writer.flush()
+
+
+def next_version_dir(parent: Path) -> Path:
+    versions = [int(p.name.split("_")[1]) for p in parent.glob("version_*") if p.name.split("_")[1].isdigit()]
+    return parent / f"version_{max(versions, default=-1) + 1}"
+
+
+def checkpoint_dict(net, optimizer, scheduler, epoch: int, steps: int, best_val_acc) -> dict:
+    """A checkpoint in Lightning's layout (``state_dict`` keys under ``net.``), so either loop can read it."""
+    return {
+        "epoch": epoch,
+        "global_step": steps,
+        "state_dict": {f"net.{k}": v for k, v in net.state_dict().items()},
+        "optimizer_states": [optimizer.state_dict()],
+        "lr_schedulers": [scheduler.state_dict()] if scheduler is not None else [],
+        "best_val_acc": best_val_acc,
+    }
+
+
+def fit(run: ReferenceRun, log_dir: Path | None = None) -> ReferenceLogger:
+    """Train with the reference loop, logging and checkpointing like the Lightning path."""
+    s, dm, classifier = run.settings, run.datamodule, run.classifier
+    configure_determinism(s)
+    dm.prepare_data()
+    dm.setup("fit")
+    train_loader, val_loader = dm.train_dataloader(), dm.val_dataloader()
+    net, criterion = classifier.net, classifier.criterion
+    net.to(s.device)
+    total_steps = stepping_batches(loop.num_batches(train_loader, s.limit_train_batches), s.accumulate_grad_batches, s.max_epochs)
+    optimizer, scheduler = build_optimization(net.parameters(), classifier.optimizer_factory, classifier.scheduler_factory, total_steps)
+    num_classes = classifier.hparams.num_classes
+    train_metrics = StageMetrics("train", num_classes).to(s.device)
+    val_metrics = StageMetrics("val", num_classes, detailed=True, keep_misclassified=classifier.hparams.num_misclassified_images).to(s.device)
+    scaler = torch.amp.GradScaler(s.device.type) if s.precision == "16-mixed" else None
+
+    log_dir = log_dir or next_version_dir(Path(run.logger_save_dir) / run.logger_name / "reference")
+    logger = ReferenceLogger(log_dir, s.log_every_n_steps, dm, classifier)
+    logger.log_hparams(run.config)
+    logger.watch(net, optimizer)
+    ckpt_dir = log_dir / "checkpoints"
+
+    def on_epoch_end(epoch, train_results, val_results):
+        logger.on_epoch_end(epoch, train_results, val_results, val_metrics)
+        summary = {**train_results, **(val_results or {})}
+        print(f"epoch {epoch}: " + "  ".join(f"{k}={float(v):.4f}" for k, v in summary.items()))
+        if s.enable_checkpointing:
+            ckpt_dir.mkdir(parents=True, exist_ok=True)
+            state = checkpoint_dict(net, optimizer, scheduler, epoch, logger.steps, logger.best_val_acc)
+            torch.save(state, ckpt_dir / "last.ckpt")
+            if val_results is not None and float(val_results["val/acc"]) == logger.best_val_acc:
+                torch.save(state, ckpt_dir / "best.ckpt")
+        logger.epoch = epoch + 1
+
+    loop.fit(
+        net,
+        Progress(train_loader, "reference train", s.enable_progress_bar,
+                 total=loop.num_batches(train_loader, s.limit_train_batches)),
+        Progress(val_loader, "reference val", s.enable_progress_bar),
+        criterion, optimizer, s.device, train_metrics, val_metrics,
+        max_epochs=s.max_epochs,
+        scheduler=scheduler,
+        scheduler_interval=classifier.scheduler_interval,
+        check_val_every_n_epoch=s.check_val_every_n_epoch,
+        limit_val_batches=s.limit_val_batches,
+        on_epoch_end=on_epoch_end,
+        accumulate_grad_batches=s.accumulate_grad_batches,
+        gradient_clip_val=s.gradient_clip_val,
+        gradient_clip_algorithm=s.gradient_clip_algorithm,
+        precision=s.precision,
+        scaler=scaler,
+        augment=dm.augmenter,
+        limit_batches=s.limit_train_batches,
+        on_step=logger.on_step,
+    )
+    logger.writer.close()
+    logger.optimizer, logger.scheduler, logger.net = optimizer, scheduler, net
+    return logger
+
+
+def load_weights(net: torch.nn.Module, ckpt_path: str) -> dict:
+    """Load a Lightning (or reference) checkpoint's network weights; tensors and plain data only."""
+    path = Path(ckpt_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--ckpt_path: no such file: {path}")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    state = {k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
+    net.load_state_dict(state)
+    return checkpoint
+
+
+def validate(run: ReferenceRun, ckpt_path: str | None) -> dict[str, float]:
+    s, dm, classifier = run.settings, run.datamodule, run.classifier
+    configure_determinism(s)
+    if ckpt_path is not None:
+        load_weights(classifier.net, ckpt_path)
+    dm.prepare_data()
+    dm.setup("validate")
+    metrics = StageMetrics("val", classifier.hparams.num_classes).to(s.device)
+    classifier.net.to(s.device)
+    results = loop.evaluate(classifier.net, Progress(dm.val_dataloader(), "reference validate", s.enable_progress_bar),
+                            classifier.criterion, s.device, metrics,
+                            precision=s.precision, limit_batches=s.limit_val_batches)
+    return {k: float(v) for k, v in results.items()}
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(
+        prog="twinloop-reference",
+        description="Run the plain-PyTorch reference loop on a twinloop config. Other options are the "
+        "config options of `twinloop` (-c CONFIG, --model.*, --data.*, --trainer.*).",
+    )
+    parser.add_argument("command", choices=["fit", "validate"])
+    parser.add_argument("--ckpt_path", default=None, help="checkpoint to validate (Lightning or reference)")
+    parser.add_argument("--log_dir", default=None, help="TensorBoard/checkpoint directory for fit")
+    opts, rest = parser.parse_known_args(argv)
+    try:
+        run = load_run(rest)
+        if opts.command == "fit":
+            logger = fit(run, Path(opts.log_dir) if opts.log_dir else None)
+            print(f"logs and checkpoints: {logger.log_dir}")
+        else:
+            results = validate(run, opts.ckpt_path)
+            width = max(len(k) for k in results)
+            for k, v in results.items():
+                print(f"{k:<{width}}  {v:.6f}")
+    except (ConfigError, DataUnavailableError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2 if isinstance(exc, ConfigError) else 1)
+
+
+if __name__ == "__main__":
+    main()
