@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import sys
 
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import TensorBoardLogger
 
 from project.callbacks import LatestCheckpoint, PredictionCSV
 from project.data import DataUnavailableError, ImageDataModule
 from project.module import ImageClassifier
+from project.monitoring import flatten_config, log_hparams
 
 # The embedded default run (configs/digits.yaml holds the same values, with reasons).
 DEFAULT_OPTIMIZER = {
@@ -53,7 +55,8 @@ class TwinloopCLI(LightningCLI):
         parser.add_lightning_class_args(PredictionCSV, "predictions")
 
     def before_fit(self) -> None:
-        log_run_config(self.trainer, self.config[self.subcommand].as_dict())
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        self.trainer.callbacks.append(RunConfigLogger(config.as_dict()))
 
     def after_fit(self) -> None:
         ckpt = self.trainer.checkpoint_callback
@@ -63,15 +66,19 @@ class TwinloopCLI(LightningCLI):
             print(f"val/acc {metrics['val/acc']:.4f} (best {metrics.get('val/acc_best', metrics['val/acc']):.4f})")
 
 
-def log_run_config(trainer, config: dict) -> None:
-    """Flattened run config into TensorBoard's HPARAMS tab, with hp_metric as its metric."""
-    from lightning.pytorch.loggers import TensorBoardLogger
+class RunConfigLogger(Callback):
+    """The flattened run config into TensorBoard's HPARAMS tab, with hp_metric as its metric.
 
-    from project.monitoring import flatten_config, log_hparams
+    Logged when training starts, after the data is prepared: a run that fails on missing data
+    leaves no log directory behind.
+    """
 
-    logger = trainer.logger
-    if isinstance(logger, TensorBoardLogger) and trainer.is_global_zero:
-        log_hparams(logger.experiment, flatten_config(config))
+    def __init__(self, config: dict):
+        self.config = config
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if isinstance(trainer.logger, TensorBoardLogger) and trainer.is_global_zero:
+            log_hparams(trainer.logger.experiment, flatten_config(self.config))
 
 
 def main(args: list[str] | None = None) -> None:

@@ -250,7 +250,7 @@ def checkpoint_dict(net, optimizer, scheduler, epoch: int, steps: int, best_val_
     }
 
 
-def fit(run: ReferenceRun, log_dir: Path | None = None) -> ReferenceLogger:
+def fit(run: ReferenceRun, log_dir: Path | None = None, recorder=None) -> ReferenceLogger:
     """Train with the reference loop, logging and checkpointing like the Lightning path."""
     s, dm, classifier = run.settings, run.datamodule, run.classifier
     configure_determinism(s)
@@ -270,10 +270,14 @@ def fit(run: ReferenceRun, log_dir: Path | None = None) -> ReferenceLogger:
     logger = ReferenceLogger(log_dir, s.log_every_n_steps, dm, classifier)
     logger.log_hparams(run.config)
     logger.watch(net, optimizer)
+    if recorder is not None:  # twinloop-compare's hooks
+        recorder.attach(net, criterion, optimizer, total_steps)
     ckpt_dir = log_dir / "checkpoints"
 
     def on_epoch_end(epoch, train_results, val_results):
         logger.on_epoch_end(epoch, train_results, val_results, val_metrics)
+        if recorder is not None and val_results is not None:
+            recorder.on_validation(val_results)
         summary = {**train_results, **(val_results or {})}
         print(f"epoch {epoch}: " + "  ".join(f"{k}={float(v):.4f}" for k, v in summary.items()))
         if s.enable_checkpointing:

@@ -1,0 +1,250 @@
+"""``twinloop-compare -c CONFIG [overrides] [--report out.json]``: both loops, one config, every step.
+
+It runs Lightning's Trainer and the reference loop from the same config, records through hooks
+(never by editing either loop) the loss of every training batch and the parameters and BatchNorm
+buffers after every optimizer step, then compares them, plus the optimizer state at the end and the
+validation metrics of every epoch. It exits 0 only when the two loops are equivalent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from lightning.pytorch.callbacks import Callback
+from torch import Tensor, nn
+
+from project.cli import TwinloopCLI
+from project.data import DataUnavailableError
+from project.reference import cli as reference
+
+SNAPSHOT_BUDGET_BYTES = 512 * 2**20  # per loop; larger models are snapshotted every k-th step
+
+
+class Recorder:
+    """What one loop did, captured with hooks on the network, criterion and optimizer."""
+
+    def __init__(self) -> None:
+        self.losses: list[Tensor] = []  # every training batch, as the criterion returned it
+        self.snapshots: list[tuple[int, dict[str, Tensor]]] = []  # (optimizer step, tensors after it)
+        self.val: list[dict[str, float]] = []  # one entry per validation epoch
+        self.final: dict[str, Tensor] = {}
+        self.steps = 0
+        self.every = 1
+        self.net: nn.Module | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+
+    def attach(self, net: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer, total_steps: int) -> None:
+        self.net, self.optimizer = net, optimizer
+        size = sum(t.numel() * t.element_size() for t in self._state().values())
+        self.every = max(1, math.ceil(size * max(total_steps, 1) / SNAPSHOT_BUDGET_BYTES))
+
+        def on_loss(module, inputs, output):
+            if torch.is_grad_enabled():  # training forward; evaluation runs without grad
+                self.losses.append(output.detach().float().cpu().clone())
+
+        def after_step(opt, args, kwargs):
+            self.steps += 1
+            if self.steps % self.every == 0:
+                self.snapshots.append((self.steps, {k: v.cpu().clone() for k, v in self._state().items()}))
+
+        criterion.register_forward_hook(on_loss)
+        optimizer.register_step_post_hook(after_step)
+
+    def on_validation(self, metrics: dict) -> None:
+        self.val.append({k: float(metrics[k]) for k in ("val/loss", "val/acc")})
+
+    def finish(self) -> None:
+        state = {k: v.cpu().clone() for k, v in self._state().items()}
+        names = [n for n, _ in self.net.named_parameters()]
+        for index, slots in self.optimizer.state_dict()["state"].items():
+            for slot, value in slots.items():
+                if isinstance(value, Tensor):
+                    state[f"optimizer.{names[index]}.{slot}"] = value.detach().float().cpu().clone()
+        self.final = state
+
+    def _state(self) -> dict[str, Tensor]:
+        tensors = {f"param.{k}": v.detach() for k, v in self.net.named_parameters()}
+        tensors.update({f"buffer.{k}": v.detach() for k, v in self.net.named_buffers() if v.is_floating_point() or k.endswith("num_batches_tracked")})
+        return tensors
+
+
+class LightningRecorder(Callback):
+    """Attaches a Recorder to the Lightning run."""
+
+    def __init__(self, recorder: Recorder):
+        self.recorder = recorder
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.recorder.attach(pl_module.net, pl_module.criterion, trainer.optimizers[0], trainer.estimated_stepping_batches)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking:
+            self.recorder.on_validation(trainer.callback_metrics)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.recorder.finish()
+
+
+def run_lightning(args: list[str], log_root: Path, name: str) -> Recorder:
+    recorder = Recorder()
+    cli = TwinloopCLI(
+        args=[*args, "--trainer.devices=1", f"--trainer.logger.init_args.save_dir={log_root}",
+              f"--trainer.logger.init_args.name={name}", "--trainer.logger.init_args.version=lightning"],
+        run=False,
+    )
+    cli.trainer.callbacks.append(LightningRecorder(recorder))
+    cli.before_fit()
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    return recorder
+
+
+def run_reference(args: list[str], log_dir: Path) -> Recorder:
+    recorder = Recorder()
+    reference.fit(reference.load_run(args), log_dir, recorder=recorder)
+    recorder.finish()
+    return recorder
+
+
+@dataclass
+class Comparison:
+    atol: float
+    steps: int = 0
+    batches: int = 0
+    max_loss_diff: float = 0.0
+    max_step_tensor_diff: float = 0.0
+    max_final_diff: dict[str, float] = field(default_factory=dict)
+    val: list[tuple[dict, dict]] = field(default_factory=list)
+    first_divergence: str | None = None
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def equivalent(self) -> bool:
+        return not self.problems
+
+    def as_dict(self) -> dict:
+        return {
+            "equivalent": self.equivalent, "atol": self.atol, "optimizer_steps": self.steps,
+            "training_batches": self.batches, "max_loss_diff": self.max_loss_diff,
+            "max_step_tensor_diff": self.max_step_tensor_diff, "max_final_diff": self.max_final_diff,
+            "validation": [{"epoch": i, "lightning": a, "reference": b} for i, (a, b) in enumerate(self.val)],
+            "first_divergence": self.first_divergence, "problems": self.problems,
+        }
+
+
+def _maxdiff(a: Tensor, b: Tensor) -> float:
+    if a.shape != b.shape:
+        return math.inf
+    return (a.double() - b.double()).abs().max().item() if a.numel() else 0.0
+
+
+def compare(lit: Recorder, ref: Recorder, atol: float = 1e-6) -> Comparison:
+    """Compare two recordings; the first step and tensor beyond ``atol`` is the divergence point."""
+    c = Comparison(atol=atol, steps=min(lit.steps, ref.steps), batches=min(len(lit.losses), len(ref.losses)))
+    if len(lit.losses) != len(ref.losses):
+        c.problems.append(f"training batches differ: lightning {len(lit.losses)}, reference {len(ref.losses)}")
+    if lit.steps != ref.steps:
+        c.problems.append(f"optimizer steps differ: lightning {lit.steps}, reference {ref.steps}")
+    first: tuple[float, str] | None = None  # (position in optimizer steps, description)
+    for i, (a, b) in enumerate(zip(lit.losses, ref.losses)):
+        d = _maxdiff(a, b)
+        c.max_loss_diff = max(c.max_loss_diff, d)
+        if d > atol and first is None:
+            first = (i, f"training batch {i}: loss differs by {d:.3g} (lightning {a.item():.8f}, reference {b.item():.8f})")
+    for (step, sa), (_, sb) in zip(lit.snapshots, ref.snapshots):
+        for name in sa:
+            d = _maxdiff(sa[name], sb[name]) if name in sb else math.inf
+            c.max_step_tensor_diff = max(c.max_step_tensor_diff, d)
+            if d > atol and (first is None or step - 1 < first[0]):
+                first = (step - 1, f"optimizer step {step}: tensor {name} differs by {d:.3g}")
+                break
+    for name, a in lit.final.items():
+        d = _maxdiff(a, ref.final[name]) if name in ref.final else math.inf
+        group = name.split(".")[0]
+        c.max_final_diff[group] = max(c.max_final_diff.get(group, 0.0), d)
+        if d > atol:
+            c.problems.append(f"final {name} differs by {d:.3g}")
+            if first is None:
+                first = (math.inf, f"end of training: tensor {name} differs by {d:.3g}")
+    if len(lit.val) != len(ref.val):
+        c.problems.append(f"validation epochs differ: lightning {len(lit.val)}, reference {len(ref.val)}")
+    c.val = list(zip(lit.val, ref.val))
+    for epoch, (a, b) in enumerate(c.val):
+        for k in a:
+            if abs(a[k] - b[k]) > atol:
+                c.problems.append(f"epoch {epoch}: {k} lightning {a[k]:.8f} vs reference {b[k]:.8f}")
+    if c.max_loss_diff > atol:
+        c.problems.append(f"per-batch losses differ by up to {c.max_loss_diff:.3g}")
+    if c.max_step_tensor_diff > atol:
+        c.problems.append(f"per-step tensors differ by up to {c.max_step_tensor_diff:.3g}")
+    c.first_divergence = first[1] if first else None
+    return c
+
+
+def format_table(c: Comparison) -> str:
+    rows = [
+        ("training batches compared", f"{c.batches}"),
+        ("optimizer steps compared", f"{c.steps}"),
+        ("max |Δ| per-batch loss", f"{c.max_loss_diff:.3g}"),
+        ("max |Δ| params/buffers per step", f"{c.max_step_tensor_diff:.3g}"),
+        *[(f"max |Δ| final {k}", f"{v:.3g}") for k, v in c.max_final_diff.items()],
+    ]
+    width = max(len(r[0]) for r in rows)
+    lines = [f"{a:<{width}}  {b}" for a, b in rows]
+    lines.append("")
+    lines.append(f"{'epoch':<6}{'lightning val/loss':>20}{'reference val/loss':>20}{'lightning val/acc':>19}{'reference val/acc':>19}")
+    for epoch, (a, b) in enumerate(c.val):
+        lines.append(f"{epoch:<6}{a['val/loss']:>20.8f}{b['val/loss']:>20.8f}{a['val/acc']:>19.6f}{b['val/acc']:>19.6f}")
+    lines.append("")
+    lines.append(f"first divergence: {c.first_divergence or 'none'} (tolerance {c.atol:g})")
+    lines.append("EQUIVALENT" if c.equivalent else "NOT EQUIVALENT:\n  " + "\n  ".join(c.problems))
+    return "\n".join(lines)
+
+
+def unique_dir(parent: Path, name: str) -> str:
+    candidate, k = name, 1
+    while (parent / candidate).exists():
+        candidate, k = f"{name}_{k}", k + 1
+    return candidate
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(
+        prog="twinloop-compare",
+        description="Run Lightning and the reference loop on one config and compare them step by step. "
+        "Other options are `twinloop` config options (-c CONFIG, --model.*, --data.*, --trainer.*).",
+    )
+    parser.add_argument("--report", help="write the comparison as JSON here")
+    parser.add_argument("--root", default="runs", help="log root: runs go to ROOT/NAME/{lightning,reference}")
+    parser.add_argument("--name", help="run name (default: the config's file name)")
+    parser.add_argument("--atol", type=float, default=1e-6, help="largest |Δ| still counted as equal")
+    opts, rest = parser.parse_known_args(argv)
+    config = next((rest[i + 1] for i, a in enumerate(rest[:-1]) if a in ("-c", "--config")), None)
+    root = Path(opts.root)
+    name = opts.name or unique_dir(root, Path(config).stem if config else "compare")
+    try:
+        lit = run_lightning(rest, root, name)
+        ref = run_reference(rest, root / name / "reference")
+    except (reference.ConfigError, DataUnavailableError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    result = compare(lit, ref, opts.atol)
+    print(format_table(result))
+    print(f"logs: {root / name}/{{lightning,reference}}  (tensorboard --logdir {root / name})")
+    if opts.report:
+        Path(opts.report).write_text(json.dumps(result.as_dict(), indent=2))
+    return 0 if result.equivalent else 1
+
+
+def entry_point() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry_point()
