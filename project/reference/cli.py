@@ -111,9 +111,16 @@ class TrainerSettings:
 
 
 def _limit(value) -> int | float:
+    """``limit_*_batches`` read as Lightning reads it: a fraction in [0, 1], else a whole count (4.0 -> 4)."""
     if value is None:
         return 1.0
-    return value if isinstance(value, int) and not isinstance(value, bool) else float(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if 0 <= value <= 1:
+        return float(value)
+    if value % 1 == 0:
+        return int(value)
+    raise ConfigError(f"limit_*_batches={value!r}: use a fraction in [0, 1] or a whole number of batches")
 
 
 @dataclass

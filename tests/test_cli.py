@@ -1,0 +1,139 @@
+import csv
+import socket
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from project.cli import TwinloopCLI, main
+from tests.conftest import CONFIGS, FAST, make_image_folder
+
+SHORT = [*FAST, "--trainer.max_epochs=2", "--trainer.limit_train_batches=6"]
+
+
+def fit(*args: str) -> TwinloopCLI:
+    return TwinloopCLI(args=["fit", *SHORT, *args])
+
+
+def run_dir() -> Path:
+    (version,) = Path("lightning_logs").glob("version_*")
+    return version
+
+
+def test_fit_with_no_arguments_trains_on_digits():
+    """A bare fit trains on the embedded digits and leaves config, best and last checkpoints, and events."""
+    cli = fit()
+    assert cli.datamodule.dataset == "digits"
+    assert cli.trainer.callback_metrics["val/acc"] > 0.5
+    d = run_dir()
+    assert (d / "config.yaml").is_file()
+    assert list((d / "checkpoints").glob("best-*.ckpt"))
+    assert (d / "checkpoints" / "last.ckpt").is_file()
+    assert list(d.glob("events.out.tfevents.*"))
+
+
+def test_command_line_overrides_reach_the_objects():
+    """Every init argument can be overridden: model, data and trainer keys."""
+    cli = fit("--model.dropout=0.5", "--data.batch_size=32", "--model.optimizer.init_args.lr=0.01")
+    dropouts = [m.p for m in cli.model.net.modules() if isinstance(m, torch.nn.Dropout)]
+    assert dropouts and all(p == 0.5 for p in dropouts)
+    assert cli.datamodule.batch_size == 32
+    assert cli.trainer.optimizers[0].param_groups[0]["lr"] == 0.01
+    saved = yaml.safe_load((run_dir() / "config.yaml").read_text())
+    assert saved["model"]["dropout"] == 0.5 and saved["data"]["batch_size"] == 32
+
+
+def test_print_config_shows_the_schema(capsys):
+    """--print_config prints the full YAML config and exits 0."""
+    with pytest.raises(SystemExit) as info:
+        main(["fit", "-c", str(CONFIGS / "digits.yaml"), "--print_config"])
+    assert info.value.code == 0
+    config = yaml.safe_load(capsys.readouterr().out)
+    assert config["data"]["dataset"] == "digits"
+    assert config["model"]["optimizer"]["class_path"] == "torch.optim.SGD"
+    assert config["seed_everything"] == 42
+
+
+@pytest.mark.parametrize("where", ["command line", "config file"])
+def test_typo_in_a_key_exits_2_and_names_it(tmp_path, capsys, where):
+    """A misspelt key exits with status 2 and names the key."""
+    if where == "command line":
+        args = ["fit", "--model.dropuot=0.3"]
+    else:
+        bad = tmp_path / "bad.yaml"
+        bad.write_text("model:\n  dropuot: 0.3\n")
+        args = ["fit", "-c", str(bad)]
+    with pytest.raises(SystemExit) as info:
+        main(args)
+    assert info.value.code == 2
+    assert "dropuot" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("config", sorted(p.name for p in CONFIGS.glob("*.yaml")))
+def test_every_shipped_config_parses(config):
+    """Each config in configs/ is valid against the CLI schema."""
+    with pytest.raises(SystemExit) as info:
+        main(["fit", "-c", str(CONFIGS / config), "--print_config"])
+    assert info.value.code == 0
+
+
+def test_validate_reports_what_fit_logged_for_the_best_checkpoint():
+    """validate --ckpt_path on the best checkpoint gives the val/acc that fit recorded for it."""
+    cli = fit()
+    ckpt = cli.trainer.checkpoint_callback
+    logged = float(ckpt.best_model_score)
+    val = TwinloopCLI(args=["validate", *FAST, "--ckpt_path", ckpt.best_model_path])
+    assert float(val.trainer.callback_metrics["val/acc"]) == logged
+
+
+def test_last_checkpoint_is_the_latest_epoch_not_the_best():
+    """last.ckpt holds the final epoch even when val/acc stopped improving earlier."""
+    # lr=0: the weights never move, so val/acc can't beat epoch 0 and the best file stays at epoch 0.
+    cli = TwinloopCLI(args=["fit", *FAST, "--trainer.max_epochs=3", "--trainer.limit_train_batches=2",
+                            "--model.optimizer.init_args.lr=0", "--model.dropout=0"])
+    best = cli.trainer.checkpoint_callback.best_model_path
+    assert "epoch000" in best
+    last = torch.load(run_dir() / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["epoch"] == 2 and last["global_step"] == 6
+
+
+def test_num_classes_and_channels_are_linked_from_the_data(image_folder):
+    """An image folder with 3 classes of RGB files gives a 3-channel, 3-class model with its class names."""
+    cli = TwinloopCLI(args=["fit", *SHORT, "--data.dataset=imagefolder", f"--data.root={image_folder}",
+                            "--data.image_size=16", "--trainer.max_epochs=1"])
+    assert cli.model.hparams.num_classes == 3 and cli.model.hparams.in_channels == 3
+    assert cli.model.class_names == ["circles", "squares", "stripes"]
+    assert cli.model(torch.zeros(1, 3, 16, 16)).shape == (1, 3)
+
+
+def test_imagefolder_fit_then_predict_writes_the_csv(image_folder, tmp_path):
+    """fit on a folder of mixed PNG/JPEG files, then predict new files into a CSV: path, class, probability."""
+    args = ["--data.dataset=imagefolder", f"--data.root={image_folder}", "--data.image_size=16", *FAST]
+    cli = TwinloopCLI(args=["fit", *args, "--trainer.max_epochs=3"])
+    new = make_image_folder(tmp_path / "new", per_class=2)
+    out = tmp_path / "pred.csv"
+    TwinloopCLI(args=["predict", *args, f"--data.predict_root={new}", f"--predictions.output={out}",
+                      "--ckpt_path", cli.trainer.checkpoint_callback.best_model_path])
+    rows = list(csv.DictReader(out.open()))
+    files = sorted(str(p) for p in new.rglob("*") if p.is_file())
+    assert sorted(r["path"] for r in rows) == files
+    assert {r["class_name"] for r in rows} <= {"circles", "squares", "stripes"}
+    assert all(1 / 3 <= float(r["probability"]) <= 1 for r in rows)
+
+
+def test_offline_download_exits_fast_with_the_message_and_no_run_dir(tmp_path, monkeypatch, capsys):
+    """fit -c configs/mnist.yaml offline: non-zero exit within 10 s, a clear message, no run directory."""
+    def offline(*args, **kwargs):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(socket, "create_connection", offline)
+    start = time.monotonic()
+    with pytest.raises(SystemExit) as info:
+        main(["fit", "-c", str(CONFIGS / "mnist.yaml"), f"--data.root={tmp_path / 'mnist'}"])
+    assert time.monotonic() - start < 10
+    assert info.value.code == 1
+    err = capsys.readouterr().err
+    assert "mnist" in err and "--data.root" in err and "Traceback" not in err
+    assert not Path("lightning_logs").exists()

@@ -1,0 +1,152 @@
+"""Lightning's Trainer and the reference loop, compared step by step on real runs."""
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from project import compare
+from project.cli import TwinloopCLI
+from project.reference import cli as reference
+from tests.conftest import EQUIV, EQUIVALENCE_RESULTS, FAST
+
+OPTIMIZERS = {
+    "sgd": ["--model.optimizer=SGD", "--model.optimizer.lr=0.05", "--model.optimizer.momentum=0.9",
+            "--model.optimizer.nesterov=true", "--model.optimizer.weight_decay=5e-4"],
+    "adamw": ["--model.optimizer=AdamW", "--model.optimizer.lr=0.003", "--model.optimizer.weight_decay=0.01"],
+}
+SCHEDULERS = {
+    "none": [],
+    "steplr-epoch": ["--model.lr_scheduler=StepLR", "--model.lr_scheduler.step_size=1",
+                     "--model.lr_scheduler.gamma=0.5", "--model.scheduler_interval=epoch"],
+    "onecycle-step": ["--model.lr_scheduler=OneCycleLR", "--model.lr_scheduler.max_lr=0.05",
+                      "--model.scheduler_interval=step"],
+}
+
+
+def run_both(args: list[str], name: str = "run") -> compare.Comparison:
+    lit = compare.run_lightning(args, Path("runs"), name)
+    ref = compare.run_reference(args, Path("runs") / name / "reference")
+    return compare.compare(lit, ref, atol=1e-6)
+
+
+def assert_equivalent(c: compare.Comparison, case: str) -> None:
+    worst = max(c.max_loss_diff, c.max_step_tensor_diff, *c.max_final_diff.values())
+    EQUIVALENCE_RESULTS.append((case, worst))
+    assert c.equivalent, compare.format_table(c)
+    assert c.steps > 0 and c.batches == 21
+    assert c.max_loss_diff <= 1e-6 and c.max_step_tensor_diff <= 1e-6
+    assert set(c.max_final_diff) == {"param", "buffer", "optimizer"}
+    assert all(d <= 1e-6 for d in c.max_final_diff.values())
+    assert len(c.val) == 3
+    for lightning, ref in c.val:  # identical, not merely close
+        assert lightning == ref
+
+
+@pytest.mark.parametrize("clip", ["none", "norm1"])
+@pytest.mark.parametrize("accumulate", [1, 3])
+@pytest.mark.parametrize("scheduler", list(SCHEDULERS))
+@pytest.mark.parametrize("optimizer", list(OPTIMIZERS))
+def test_matrix(optimizer, scheduler, accumulate, clip):
+    """Per-step losses, per-step and final tensors, and per-epoch validation agree to 1e-6."""
+    args = [*EQUIV, *OPTIMIZERS[optimizer], *SCHEDULERS[scheduler], f"--trainer.accumulate_grad_batches={accumulate}"]
+    if clip == "norm1":
+        args += ["--trainer.gradient_clip_val=1.0", "--trainer.gradient_clip_algorithm=norm"]
+    case = f"{optimizer}/{scheduler}/acc{accumulate}/{clip}"
+    c = run_both(args)
+    assert_equivalent(c, case)
+    expected_steps = 3 * (7 if accumulate == 1 else 3)  # a partial window at the epoch's end still steps
+    assert c.steps == expected_steps
+
+
+@pytest.mark.parametrize("extra", [["--model.label_smoothing=0.1"], ["--trainer.gradient_clip_val=0.01",
+                                   "--trainer.gradient_clip_algorithm=value"], ["--data.augment=true"]],
+                         ids=["label-smoothing", "clip-value", "augment"])
+def test_more_settings(extra):
+    """Label smoothing, clipping by value and on-device augmentation keep the loops equal."""
+    assert_equivalent(run_both([*EQUIV, *extra]), extra[0])
+
+
+def test_the_last_batch_is_smaller():
+    """The equivalence runs include a last batch smaller than the others (216 = 6 x 32 + 24)."""
+    cli = TwinloopCLI(args=[*EQUIV], run=False)
+    cli.datamodule.setup("fit")
+    sizes = [len(y) for _, y in cli.datamodule.train_dataloader()]
+    assert sizes == [32] * 6 + [24]
+
+
+def test_bf16_autocast_on_cpu():
+    """bf16-mixed on the CPU: same autocast regions on both sides, compared with the same 1e-6 tolerance."""
+    c = run_both([*EQUIV, "--trainer.precision=bf16-mixed", *OPTIMIZERS["adamw"]])
+    assert_equivalent(c, "bf16-mixed cpu")
+
+
+def test_planted_dropout_change_is_caught(monkeypatch, capsys):
+    """A dropout rate changed on the reference side only: exit 1, naming the first batch's loss."""
+    original = compare.run_reference
+    monkeypatch.setattr(compare, "run_reference", lambda args, log_dir: original([*args, "--model.dropout=0.5"], log_dir))
+    assert compare.main([*EQUIV, "--name=planted"]) == 1
+    out = capsys.readouterr().out
+    assert "NOT EQUIVALENT" in out
+    assert "first divergence: training batch 0: loss differs" in out
+
+
+def test_planted_skipped_zero_grad_is_caught(monkeypatch, capsys, tmp_path):
+    """One skipped zero_grad on the reference side: exit 1, naming the optimizer step and the tensor."""
+    original = compare.run_reference
+    real_zero_grad = torch.optim.Optimizer.zero_grad
+
+    def sabotaged(args, log_dir):
+        calls = 0
+
+        def skip_the_third(self, set_to_none=True):
+            nonlocal calls
+            calls += 1
+            if calls != 3:
+                real_zero_grad(self, set_to_none)
+
+        with monkeypatch.context() as m:
+            m.setattr(torch.optim.Optimizer, "zero_grad", skip_the_third)
+            return original(args, log_dir)
+
+    monkeypatch.setattr(compare, "run_reference", sabotaged)
+    report = tmp_path / "report.json"
+    assert compare.main([*EQUIV, "--name=planted", f"--report={report}"]) == 1
+    out = capsys.readouterr().out
+    # Steps 1-2 match; the third step adds stale gradients to the first tensor it updates.
+    assert "first divergence: optimizer step 3: tensor param.features.0.0.weight differs" in out
+    assert '"equivalent": false' in report.read_text()
+
+
+def test_compare_cli_passes_and_logs_side_by_side(capsys):
+    """twinloop-compare exits 0 on an equivalent pair and logs both runs under ROOT/NAME/."""
+    assert compare.main([*EQUIV, "--name=pair", "--trainer.max_epochs=1"]) == 0
+    assert "EQUIVALENT" in capsys.readouterr().out
+    for side in ("lightning", "reference"):
+        assert list(Path("runs/pair", side).glob("events.out.tfevents.*"))
+
+
+def test_reference_refuses_unsupported_trainer_keys():
+    """A trainer key the reference loop does not implement is refused by name, not ignored."""
+    with pytest.raises(reference.ConfigError, match="trainer.max_steps=5"):
+        reference.load_run(["--trainer.max_steps=5"])
+
+
+def test_checkpoint_cross_validation():
+    """A Lightning checkpoint validated by both loops gives the same val/loss and val/acc."""
+    cli = TwinloopCLI(args=["fit", *FAST, "--trainer.max_epochs=2", "--trainer.limit_train_batches=8"])
+    best = cli.trainer.checkpoint_callback.best_model_path
+    lightning = TwinloopCLI(args=["validate", *FAST, "--ckpt_path", best]).trainer.callback_metrics
+    ref = reference.validate(reference.load_run([*FAST]), best)
+    assert ref["val/loss"] == float(lightning["val/loss"])
+    assert ref["val/acc"] == float(lightning["val/acc"])
+    assert math.isclose(ref["val/acc"], float(cli.trainer.checkpoint_callback.best_model_score), abs_tol=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_fp32_deterministic():
+    """On a GPU, fp32 with deterministic algorithms: the loops agree to 1e-6."""
+    c = run_both([*EQUIV, "--trainer.accelerator=gpu", "--trainer.deterministic=true"])
+    assert_equivalent(c, "cuda fp32 deterministic")

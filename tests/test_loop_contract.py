@@ -1,0 +1,168 @@
+"""The loop contract, checked on both loops from the outside, through hooks.
+
+Each test runs the Lightning path and the reference loop with a Probe attached to the network,
+criterion and optimizers; neither loop's code is read or changed.
+"""
+
+from pathlib import Path
+
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback
+from torch import nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
+
+from project import compare
+from project.cli import TwinloopCLI
+from project.reference import cli as reference
+from tests.conftest import EQUIV
+
+LOOPS = ["lightning", "reference"]
+TRAIN_BATCHES, VAL_BATCHES, SANITY_BATCHES = 7, 4, 2
+
+
+class Probe:
+    """Records every forward of the network and every zero_grad/backward/step, in order."""
+
+    def __init__(self, monkeypatch):
+        self.forwards: list[dict] = []  # per forward: grad on?, which modules train
+        # "zero", "backward", "step" (after the update: Lightning calls step(closure), and the
+        # closure runs forward, zero_grad and backward inside it)
+        self.events: list[str] = []
+        self.eval_logits: list[torch.Tensor] = []
+        self.dropout_zero_fraction: list[float] = []
+        real = torch.optim.Optimizer.zero_grad
+
+        def counting_zero_grad(opt, set_to_none=True):
+            self.events.append("zero")
+            real(opt, set_to_none)
+
+        monkeypatch.setattr(torch.optim.Optimizer, "zero_grad", counting_zero_grad)
+        self._step_hook = register_optimizer_step_post_hook(lambda *a: self.events.append("step"))
+        self._monkeypatch = monkeypatch
+
+    def remove(self) -> None:
+        self._step_hook.remove()
+        self._monkeypatch.undo()
+
+    def attach(self, net: nn.Module, criterion: nn.Module) -> None:
+        def before_forward(module, inputs):
+            modes = [m.training for m in module.modules()]
+            self.forwards.append({"grad": torch.is_grad_enabled(), "all_train": all(modes), "any_train": any(modes)})
+
+        def after_forward(module, inputs, output):
+            if not torch.is_grad_enabled():
+                self.eval_logits.append(output.detach().clone())
+
+        def after_loss(module, inputs, loss):
+            if loss.requires_grad:
+                loss.register_hook(lambda g: self.events.append("backward"))
+
+        def after_dropout(module, inputs, output):
+            if torch.is_grad_enabled():
+                self.dropout_zero_fraction.append((output == 0).float().mean().item() - (inputs[0] == 0).float().mean().item())
+
+        net.register_forward_pre_hook(before_forward)
+        net.register_forward_hook(after_forward)
+        criterion.register_forward_hook(after_loss)
+        next(m for m in net.modules() if isinstance(m, nn.Dropout)).register_forward_hook(after_dropout)
+
+    @property
+    def train_forwards(self):
+        return [f for f in self.forwards if f["grad"]]
+
+    @property
+    def eval_forwards(self):
+        return [f for f in self.forwards if not f["grad"]]
+
+
+class _Attach(Callback):
+    def __init__(self, probe):
+        self.probe = probe
+
+    def on_fit_start(self, trainer, pl_module):
+        self.probe.attach(pl_module.net, pl_module.criterion)
+
+
+def run(loop: str, probe: Probe, args: list[str], model_in_eval_mode: bool = False) -> compare.Recorder:
+    """Fit with one loop; returns the final-state recording for comparisons."""
+    recorder = compare.Recorder()
+    if loop == "lightning":
+        cli = TwinloopCLI(args=args, run=False)
+        if model_in_eval_mode:
+            cli.model.eval()
+        cli.trainer.callbacks += [_Attach(probe), compare.LightningRecorder(recorder)]
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    else:
+        ref = reference.load_run(args)
+        probe.attach(ref.classifier.net, ref.classifier.criterion)
+        if model_in_eval_mode:
+            ref.classifier.net.eval()
+        reference.fit(ref, Path("reference"), recorder=recorder)
+        recorder.finish()
+    probe.remove()
+    return recorder
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_train_steps_in_train_mode_with_grad_and_eval_steps_without(loop, monkeypatch):
+    """Every training forward has all modules training and grad on; every evaluation one neither."""
+    probe = Probe(monkeypatch)
+    run(loop, probe, EQUIV)
+    sanity = SANITY_BATCHES if loop == "lightning" else 0
+    assert len(probe.train_forwards) == 3 * TRAIN_BATCHES
+    assert len(probe.eval_forwards) == 3 * VAL_BATCHES + sanity
+    assert all(f["all_train"] for f in probe.train_forwards)
+    assert not any(f["any_train"] for f in probe.eval_forwards)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_model_left_in_eval_mode_still_trains_in_train_mode(loop, monkeypatch):
+    """model.eval() before fit: the loop still switches to train mode for training steps."""
+    probe = Probe(monkeypatch)
+    run(loop, probe, EQUIV, model_in_eval_mode=True)
+    assert probe.train_forwards and all(f["all_train"] for f in probe.train_forwards)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_zero_grad_once_per_step_and_one_step_per_window(loop, monkeypatch):
+    """With accumulation 3: per window one zero_grad before its first backward, 3 backwards, one step."""
+    probe = Probe(monkeypatch)
+    run(loop, probe, [*EQUIV, "--trainer.accumulate_grad_batches=3"])
+    windows, current = [], []
+    for event in probe.events:
+        current.append(event)
+        if event == "step":
+            windows.append(current)
+            current = []
+    assert current == []  # nothing after the last step
+    assert len(windows) == 3 * 3  # 7 batches -> windows of 3, 3 and 1 per epoch
+    for window in windows:
+        assert window.count("zero") == 1 and window.count("step") == 1
+        assert window.index("zero") < window.index("backward")
+    assert [w.count("backward") for w in windows] == [3, 3, 1] * 3
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_validation_changes_nothing_in_training(loop, monkeypatch):
+    """Training with validation every epoch ends bit-identical (weights, BN buffers, optimizer) to training without."""
+    with_val = run(loop, Probe(monkeypatch), EQUIV)
+    without = run(loop, Probe(monkeypatch), [*EQUIV, "--trainer.check_val_every_n_epoch=100"])
+    assert with_val.val and not without.val  # validation really ran in one and not the other
+    assert with_val.final.keys() == without.final.keys()
+    for name, value in with_val.final.items():
+        assert torch.equal(value, without.final[name]), name
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_dropout_active_in_training_and_inert_in_evaluation(loop, monkeypatch):
+    """Dropout zeroes ~p of its inputs in training; two evaluation passes give identical logits."""
+    args = [*EQUIV, "--trainer.max_epochs=1", "--model.dropout=0.5"]
+    probe = Probe(monkeypatch)
+    run(loop, probe, args)
+    assert sum(probe.dropout_zero_fraction) / len(probe.dropout_zero_fraction) == pytest.approx(0.5, abs=0.1)
+    second = Probe(monkeypatch)
+    run(loop, second, args)  # same seed: same training, so the evaluation passes must match exactly
+    assert len(probe.eval_logits) == len(second.eval_logits) > 0
+    for a, b in zip(probe.eval_logits, second.eval_logits):
+        assert torch.equal(a, b)
