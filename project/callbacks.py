@@ -17,8 +17,14 @@ class LatestCheckpoint(ModelCheckpoint):
     """
 
     def __init__(self, dirpath: str | None = None):
-        super().__init__(dirpath=dirpath, filename="last", monitor=None, save_top_k=1, save_on_train_epoch_end=True,
-                         enable_version_counter=False)
+        super().__init__(
+            dirpath=dirpath,
+            filename="last",
+            monitor=None,
+            save_top_k=1,
+            save_on_train_epoch_end=True,
+            enable_version_counter=False,
+        )
 
     def _save_none_monitor_checkpoint(self, trainer, monitor_candidates) -> None:
         # Always overwrite one file; the parent would also delete the previous one by name.

@@ -41,18 +41,26 @@ class TwinloopCLI(LightningCLI):
         parser.link_arguments("data.in_channels", "model.in_channels", apply_on="instantiate")
         parser.link_arguments("data.class_names", "model.class_names", apply_on="instantiate")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
-        parser.set_defaults({
-            "checkpoint.monitor": "val/acc",
-            "checkpoint.mode": "max",
-            "checkpoint.save_top_k": 1,
-            "checkpoint.filename": "best-epoch{epoch:03d}-acc{val/acc:.4f}",
-            "checkpoint.auto_insert_metric_name": False,
-            "model.optimizer": DEFAULT_OPTIMIZER,
-        })
+        parser.set_defaults(
+            {
+                "checkpoint.monitor": "val/acc",
+                "checkpoint.mode": "max",
+                "checkpoint.save_top_k": 1,
+                "checkpoint.filename": "best-epoch{epoch:03d}-acc{val/acc:.4f}",
+                "checkpoint.auto_insert_metric_name": False,
+                "model.optimizer": DEFAULT_OPTIMIZER,
+            }
+        )
         parser.add_lightning_class_args(LatestCheckpoint, "last_checkpoint")
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
         parser.set_defaults({"lr_monitor.logging_interval": "step"})
         parser.add_lightning_class_args(PredictionCSV, "predictions")
+
+    def _instantiate_trainer(self, config: dict, callbacks: list):
+        # The checkpoint callbacks are always added; `--trainer.enable_checkpointing=false` drops them.
+        if config.get("enable_checkpointing") is False:
+            callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
+        return super()._instantiate_trainer(config, callbacks)
 
     def before_fit(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config

@@ -70,7 +70,13 @@ class Recorder:
 
     def _state(self) -> dict[str, Tensor]:
         tensors = {f"param.{k}": v.detach() for k, v in self.net.named_parameters()}
-        tensors.update({f"buffer.{k}": v.detach() for k, v in self.net.named_buffers() if v.is_floating_point() or k.endswith("num_batches_tracked")})
+        tensors.update(
+            {
+                f"buffer.{k}": v.detach()
+                for k, v in self.net.named_buffers()
+                if v.is_floating_point() or k.endswith("num_batches_tracked")
+            }
+        )
         return tensors
 
 
@@ -81,7 +87,9 @@ class LightningRecorder(Callback):
         self.recorder = recorder
 
     def on_train_start(self, trainer, pl_module) -> None:
-        self.recorder.attach(pl_module.net, pl_module.criterion, trainer.optimizers[0], trainer.estimated_stepping_batches)
+        self.recorder.attach(
+            pl_module.net, pl_module.criterion, trainer.optimizers[0], trainer.estimated_stepping_batches
+        )
 
     def on_validation_end(self, trainer, pl_module) -> None:
         if not trainer.sanity_checking:
@@ -94,8 +102,13 @@ class LightningRecorder(Callback):
 def run_lightning(args: list[str], log_root: Path, name: str) -> Recorder:
     recorder = Recorder()
     cli = TwinloopCLI(
-        args=[*args, "--trainer.devices=1", f"--trainer.logger.init_args.save_dir={log_root}",
-              f"--trainer.logger.init_args.name={name}", "--trainer.logger.init_args.version=lightning"],
+        args=[
+            *args,
+            "--trainer.devices=1",
+            f"--trainer.logger.init_args.save_dir={log_root}",
+            f"--trainer.logger.init_args.name={name}",
+            "--trainer.logger.init_args.version=lightning",
+        ],
         run=False,
     )
     cli.trainer.callbacks.append(LightningRecorder(recorder))
@@ -129,11 +142,16 @@ class Comparison:
 
     def as_dict(self) -> dict:
         return {
-            "equivalent": self.equivalent, "atol": self.atol, "optimizer_steps": self.steps,
-            "training_batches": self.batches, "max_loss_diff": self.max_loss_diff,
-            "max_step_tensor_diff": self.max_step_tensor_diff, "max_final_diff": self.max_final_diff,
+            "equivalent": self.equivalent,
+            "atol": self.atol,
+            "optimizer_steps": self.steps,
+            "training_batches": self.batches,
+            "max_loss_diff": self.max_loss_diff,
+            "max_step_tensor_diff": self.max_step_tensor_diff,
+            "max_final_diff": self.max_final_diff,
             "validation": [{"epoch": i, "lightning": a, "reference": b} for i, (a, b) in enumerate(self.val)],
-            "first_divergence": self.first_divergence, "problems": self.problems,
+            "first_divergence": self.first_divergence,
+            "problems": self.problems,
         }
 
 
@@ -155,7 +173,10 @@ def compare(lit: Recorder, ref: Recorder, atol: float = 1e-6) -> Comparison:
         d = _maxdiff(a, b)
         c.max_loss_diff = max(c.max_loss_diff, d)
         if d > atol and first is None:
-            first = (i, f"training batch {i}: loss differs by {d:.3g} (lightning {a.item():.8f}, reference {b.item():.8f})")
+            first = (
+                i,
+                f"training batch {i}: loss differs by {d:.3g} (lightning {a.item():.8f}, reference {b.item():.8f})",
+            )
     for (step, sa), (_, sb) in zip(lit.snapshots, ref.snapshots):
         for name in sa:
             d = _maxdiff(sa[name], sb[name]) if name in sb else math.inf
@@ -197,9 +218,12 @@ def format_table(c: Comparison) -> str:
     width = max(len(r[0]) for r in rows)
     lines = [f"{a:<{width}}  {b}" for a, b in rows]
     lines.append("")
-    lines.append(f"{'epoch':<6}{'lightning val/loss':>20}{'reference val/loss':>20}{'lightning val/acc':>19}{'reference val/acc':>19}")
+    heads = ("lightning val/loss", "reference val/loss", "lightning val/acc", "reference val/acc")
+    lines.append(f"{'epoch':<6}" + "".join(f"{h:>20}" for h in heads))
     for epoch, (a, b) in enumerate(c.val):
-        lines.append(f"{epoch:<6}{a['val/loss']:>20.8f}{b['val/loss']:>20.8f}{a['val/acc']:>19.6f}{b['val/acc']:>19.6f}")
+        lines.append(
+            f"{epoch:<6}{a['val/loss']:>20.8f}{b['val/loss']:>20.8f}{a['val/acc']:>20.6f}{b['val/acc']:>20.6f}"
+        )
     lines.append("")
     lines.append(f"first divergence: {c.first_divergence or 'none'} (tolerance {c.atol:g})")
     lines.append("EQUIVALENT" if c.equivalent else "NOT EQUIVALENT:\n  " + "\n  ".join(c.problems))

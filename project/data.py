@@ -125,7 +125,9 @@ class ImageDataModule(L.LightningDataModule):
         self._class_names: list[str] | None = None
         # One generator per loader: iterator creation and shuffling then never draw from the
         # global RNG, which dropout uses. Their states belong in a checkpoint.
-        self.generators = {s: torch.Generator().manual_seed(seed + i) for i, s in enumerate(("train", "val", "test", "predict"))}
+        self.generators = {
+            s: torch.Generator().manual_seed(seed + i) for i, s in enumerate(("train", "val", "test", "predict"))
+        }
         self.augmenter = RandomCropFlip(padding=self._padding(), seed=seed + 10) if augment else None
 
     # ---- facts the model is linked to (cheap: no image is read) ----
@@ -235,8 +237,12 @@ class ImageDataModule(L.LightningDataModule):
         transform = self._file_transform(self.normalization())
         train_dir = self._imagefolder_train_dir()
         self.check_uniform_size(self._imagefolder_train_files())
-        full = tvd.ImageFolder(str(train_dir), transform=transform, loader=load_rgb,
-                               is_valid_file=lambda p: p.lower().endswith(IMAGE_EXTENSIONS))
+        full = tvd.ImageFolder(
+            str(train_dir),
+            transform=transform,
+            loader=load_rgb,
+            is_valid_file=lambda p: p.lower().endswith(IMAGE_EXTENSIONS),
+        )
         val_dir = self.root / "val"
         if train_dir == self.root / "train" and val_dir.is_dir():
             if class_folders(val_dir) != full.classes:
@@ -244,8 +250,12 @@ class ImageDataModule(L.LightningDataModule):
                     f"Class folders differ: {val_dir} has {class_folders(val_dir)} but {train_dir} has {full.classes}"
                 )
             self.train_set = full
-            self.val_set = tvd.ImageFolder(str(val_dir), transform=transform, loader=load_rgb,
-                                           is_valid_file=lambda p: p.lower().endswith(IMAGE_EXTENSIONS))
+            self.val_set = tvd.ImageFolder(
+                str(val_dir),
+                transform=transform,
+                loader=load_rgb,
+                is_valid_file=lambda p: p.lower().endswith(IMAGE_EXTENSIONS),
+            )
         else:
             self.train_set, self.val_set = self._split(full, generator)
         test_dir = self.root / "test"
@@ -260,15 +270,19 @@ class ImageDataModule(L.LightningDataModule):
             raise FileNotFoundError(f"data.predict_root: no such directory: {self.predict_root}")
         paths = image_files(self.predict_root)
         if not paths:
-            raise FileNotFoundError(f"data.predict_root: no images ({', '.join(IMAGE_EXTENSIONS)}) in {self.predict_root}")
+            raise FileNotFoundError(
+                f"data.predict_root: no images ({', '.join(IMAGE_EXTENSIONS)}) in {self.predict_root}"
+            )
         if self.dataset in ("imagefolder",):
             transform = self._file_transform(self.normalization())
         else:
             # New files for a model trained on a named data set: match its size and channels.
-            transform = v2.Compose([
-                v2.Lambda(lambda im: im.convert("L") if self.in_channels == 1 else im),
-                *self._file_transform(self.normalization()).transforms,
-            ])
+            transform = v2.Compose(
+                [
+                    v2.Lambda(lambda im: im.convert("L") if self.in_channels == 1 else im),
+                    *self._file_transform(self.normalization()).transforms,
+                ]
+            )
         return FileListDataset(paths, transform)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
@@ -344,7 +358,9 @@ class ImageDataModule(L.LightningDataModule):
 
     def _imagefolder_train_dir(self) -> Path:
         if self.root is None:
-            raise ValueError("data.dataset=imagefolder needs --data.root DIR (with DIR/<class>/* or DIR/train/<class>/*)")
+            raise ValueError(
+                "data.dataset=imagefolder needs --data.root DIR (with DIR/<class>/* or DIR/train/<class>/*)"
+            )
         if not self.root.is_dir():
             raise FileNotFoundError(f"data.root: no such directory: {self.root}")
         train = self.root / "train"
@@ -387,7 +403,9 @@ def digits_tensors() -> tuple[Tensor, Tensor]:
     return images, torch.tensor(digits.target, dtype=torch.long)
 
 
-def imagefolder_stats(files: list[Path], transform: Callable, max_images: int = 256) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def imagefolder_stats(
+    files: list[Path], transform: Callable, max_images: int = 256
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and std of (up to ``max_images`` evenly spaced) training images."""
     step = max(1, len(files) // max_images)
     pixels = torch.cat([transform(load_rgb(str(p))).flatten(1) for p in files[::step]], dim=1)  # (3, N)

@@ -122,10 +122,18 @@ class ImageClassifier(L.LightningModule):
         if writer is not None and n > 0 and epoch % n == 0:
             dm = self.trainer.datamodule
             step = self.global_step
-            monitoring.log_png(writer, "val/confusion_matrix",
-                               monitoring.confusion_matrix_png(self.val_metrics.confusion_matrix(), self.class_names), step)
-            monitoring.log_png(writer, "val/misclassified",
-                               monitoring.misclassified_png(self.val_metrics.misclassified, self.class_names, dm.mean, dm.std), step)
+            monitoring.log_png(
+                writer,
+                "val/confusion_matrix",
+                monitoring.confusion_matrix_png(self.val_metrics.confusion_matrix(), self.class_names),
+                step,
+            )
+            monitoring.log_png(
+                writer,
+                "val/misclassified",
+                monitoring.misclassified_png(self.val_metrics.misclassified, self.class_names, dm.mean, dm.std),
+                step,
+            )
         self.val_metrics.reset()
 
     def test_step(self, batch, batch_idx: int) -> None:

@@ -7,6 +7,7 @@ loop log the same pictures under the same tags.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 from collections.abc import Mapping, Sequence
@@ -17,7 +18,7 @@ from tensorboard.compat.proto.summary_pb2 import Summary
 from torch import Tensor
 from torchvision.utils import make_grid
 
-TILE = 64  # px per image in the grids, so 8 px digits stay visible
+TILE = 48  # px per image in the grids, so 8 px digits stay visible
 
 
 def denormalize(x: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
@@ -38,23 +39,24 @@ def _png(image: Image.Image, text: Mapping[str, str] | None = None) -> bytes:
     for k, v in (text or {}).items():
         info.add_text(k, v)
     buf = io.BytesIO()
-    image.save(buf, format="PNG", pnginfo=info)
+    image.save(buf, format="PNG", pnginfo=info, compress_level=1)  # fast; these are small
     return buf.getvalue()
 
 
 def log_png(writer, tag: str, png: bytes, step: int) -> None:
     """Write an already encoded PNG as an image summary (keeps its text chunks intact)."""
-    with Image.open(io.BytesIO(png)) as im:
-        width, height = im.size
+    width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")  # IHDR
     image = Summary.Image(height=height, width=width, colorspace=3, encoded_image_string=png)
     writer._get_file_writer().add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), step)
 
 
-def input_grid(x: Tensor, mean: Sequence[float], std: Sequence[float], max_images: int = 64) -> Tensor:
-    """A (3, H, W) grid of training inputs after augmentation, denormalized."""
+def input_grid(x: Tensor, mean: Sequence[float], std: Sequence[float], max_images: int = 32) -> Tensor:
+    """A (3, H, W) grid of training inputs after augmentation, denormalized; small images are
+    enlarged (nearest neighbour) to about ``TILE`` px so they can be seen."""
     imgs = denormalize(x[:max_images], mean, std)
-    imgs = torch.nn.functional.interpolate(imgs, size=(TILE, TILE), mode="nearest")
-    return make_grid(imgs, nrow=8, padding=2, pad_value=1.0)
+    grid = make_grid(imgs, nrow=8, padding=1, pad_value=1.0)
+    k = max(1, TILE // imgs.shape[-1])
+    return grid.repeat_interleave(k, dim=1).repeat_interleave(k, dim=2)
 
 
 def confusion_matrix_png(cm: Tensor, class_names: Sequence[str]) -> bytes:
@@ -67,7 +69,7 @@ def confusion_matrix_png(cm: Tensor, class_names: Sequence[str]) -> bytes:
     n = cm.shape[0]
     font = ImageFont.load_default(size=11)
     label_w = max(48, 7 * max(len(c) for c in class_names) + 8)
-    cell = max(24, min(40, 640 // max(n, 1)))
+    cell = max(22, min(30, 640 // max(n, 1)))
     left, top = label_w + 18, label_w + 18
     size = (left + n * cell + 10, top + n * cell + 10)
     img = Image.new("RGB", size, "white")
@@ -80,31 +82,51 @@ def confusion_matrix_png(cm: Tensor, class_names: Sequence[str]) -> bytes:
             box = (left + j * cell, top + i * cell, left + (j + 1) * cell, top + (i + 1) * cell)
             draw.rectangle(box, fill=(shade, shade, 255), outline=(200, 200, 200))
             if v or n <= 20:
-                draw.text((box[0] + cell / 2, box[1] + cell / 2), str(v), font=font, anchor="mm",
-                          fill="white" if shade < 128 else "black")
+                label = _rendered_text(str(v), "white" if shade < 128 else "black")
+                img.paste(label, (box[0] + (cell - label.width) // 2, box[1] + (cell - label.height) // 2), label)
+    # Column labels run vertically: write them on one horizontal strip, rotate it, paste it on top.
+    strip = Image.new("RGB", (label_w, n * cell), "white")
+    strip_draw = ImageDraw.Draw(strip)
     for k, name in enumerate(class_names):
         draw.text((left - 4, top + k * cell + cell / 2), name, font=font, anchor="rm", fill="black")
-        # column labels written vertically: draw on a strip, rotate it, paste it above the column
-        strip = Image.new("RGB", (label_w, cell), "white")
-        ImageDraw.Draw(strip).text((2, cell / 2), name, font=font, anchor="lm", fill="black")
-        img.paste(strip.rotate(90, expand=True), (left + k * cell, top - label_w - 2))
+        strip_draw.text((2, (n - k - 1) * cell + cell / 2), name, font=font, anchor="lm", fill="black")
+    img.paste(strip.rotate(90, expand=True), (left, top - label_w - 2))
     draw.text((2, 2), "true \\ predicted", font=font, fill="black")
     return _png(img, {"confusion_matrix": json.dumps(cm.tolist()), "class_names": json.dumps(list(class_names))})
 
 
-def _caption(draw: ImageDraw.ImageDraw, x: int, y: int, true: str, pred: str, font) -> None:
-    """Write "true → predicted"; the arrow is drawn, since the built-in font has no arrow glyph."""
-    draw.text((x, y), true, font=font, fill="black", anchor="lm")
-    x += int(draw.textlength(true, font=font)) + 3
-    draw.line((x, y, x + 10, y), fill="red", width=1)
-    draw.polygon([(x + 12, y), (x + 8, y - 3), (x + 8, y + 3)], fill="red")
-    draw.text((x + 15, y), pred, font=font, fill="black", anchor="lm")
+@functools.lru_cache(maxsize=512)
+def _rendered_text(text: str, fill: str) -> Image.Image:
+    """Text on a transparent tile, rendered once: most cells repeat a few counts (0 above all)."""
+    font = ImageFont.load_default(size=11)
+    left, top, right, bottom = font.getbbox(text)
+    tile = Image.new("RGBA", (right - left + 2, bottom - top + 2), (0, 0, 0, 0))
+    ImageDraw.Draw(tile).text((1 - left, 1 - top), text, font=font, fill=fill)
+    return tile
 
 
-def misclassified_png(samples: Sequence[tuple[Tensor, int, int]], class_names: Sequence[str],
-                      mean: Sequence[float], std: Sequence[float], per_row: int = 8) -> bytes:
+def _caption(img: Image.Image, draw: ImageDraw.ImageDraw, x: int, y: int, true: str, pred: str) -> None:
+    """Write "true → predicted" centred on height ``y``; the built-in font has no arrow glyph, so
+    the arrow is drawn."""
+    for text in (true, None, pred):
+        if text is None:
+            draw.line((x, y, x + 10, y), fill="red", width=1)
+            draw.polygon([(x + 12, y), (x + 8, y - 3), (x + 8, y + 3)], fill="red")
+            x += 15
+            continue
+        label = _rendered_text(text, "black")
+        img.paste(label, (x, y - label.height // 2), label)
+        x += label.width + 3
+
+
+def misclassified_png(
+    samples: Sequence[tuple[Tensor, int, int]],
+    class_names: Sequence[str],
+    mean: Sequence[float],
+    std: Sequence[float],
+    per_row: int = 8,
+) -> bytes:
     """A grid of misclassified images, each captioned "true → predicted"."""
-    font = ImageFont.load_default(size=10)
     cap = 14
     rows = max(1, -(-len(samples) // per_row))
     cols = min(per_row, max(1, len(samples)))
@@ -112,12 +134,12 @@ def misclassified_png(samples: Sequence[tuple[Tensor, int, int]], class_names: S
     img = Image.new("RGB", (cols * (tile_w + 4), rows * (TILE + cap + 4)), "white")
     draw = ImageDraw.Draw(img)
     if not samples:
-        draw.text((4, 4), "none", font=font, fill="black")
+        img.paste(_rendered_text("none", "black"), (4, 4), _rendered_text("none", "black"))
     for k, (image, true, pred) in enumerate(samples):
         r, c = divmod(k, per_row)
         x0, y0 = c * (tile_w + 4), r * (TILE + cap + 4)
         img.paste(_to_pil(denormalize(image[None], mean, std)[0]), (x0 + (tile_w - TILE) // 2, y0))
-        _caption(draw, x0 + 2, y0 + TILE + cap // 2 + 1, class_names[true], class_names[pred], font)
+        _caption(img, draw, x0 + 2, y0 + TILE + cap // 2 + 1, class_names[true], class_names[pred])
     return _png(img)
 
 

@@ -38,8 +38,14 @@ def write_image(path: Path, pattern: int, size: tuple[int, int], mode: str) -> N
     img.save(path)
 
 
-MODES = [("RGB", ".png", (40, 36)), ("L", ".png", (32, 32)), ("RGBA", ".png", (48, 40)),
-         ("P", ".png", (36, 44)), ("RGB", ".jpg", (50, 32)), ("L", ".jpeg", (30, 30))]
+MODES = [
+    ("RGB", ".png", (40, 36)),
+    ("L", ".png", (32, 32)),
+    ("RGBA", ".png", (48, 40)),
+    ("P", ".png", (36, 44)),
+    ("RGB", ".jpg", (50, 32)),
+    ("L", ".jpeg", (30, 30)),
+]
 
 
 def make_image_folder(root: Path, classes=("circles", "squares", "stripes"), per_class: int = 12) -> Path:
@@ -63,8 +69,14 @@ def pytest_configure(config):
 # Tiny equivalence runs: 216 training digits in batches of 32 -> 7 batches per epoch, the last of
 # 24 (smaller than the others), 3 epochs, validation on 4 batches every epoch, shuffling, Dropout and
 # BatchNorm all on.
-EQUIV = [*FAST, "--data.val_fraction=0.88", "--data.batch_size=32", "--trainer.max_epochs=3",
-         "--trainer.limit_val_batches=4", "--model.log_images_every_n_epochs=0"]
+EQUIV = [
+    *FAST,
+    "--data.val_fraction=0.88",
+    "--data.batch_size=32",
+    "--trainer.max_epochs=3",
+    "--trainer.limit_val_batches=4",
+    "--model.log_images_every_n_epochs=0",
+]
 
 EQUIVALENCE_RESULTS: list[tuple[str, float]] = []  # (case, largest |Δ|), printed after the run
 

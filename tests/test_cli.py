@@ -91,8 +91,16 @@ def test_validate_reports_what_fit_logged_for_the_best_checkpoint():
 def test_last_checkpoint_is_the_latest_epoch_not_the_best():
     """last.ckpt holds the final epoch even when val/acc stopped improving earlier."""
     # lr=0: the weights never move, so val/acc can't beat epoch 0 and the best file stays at epoch 0.
-    cli = TwinloopCLI(args=["fit", *FAST, "--trainer.max_epochs=3", "--trainer.limit_train_batches=2",
-                            "--model.optimizer.init_args.lr=0", "--model.dropout=0"])
+    cli = TwinloopCLI(
+        args=[
+            "fit",
+            *FAST,
+            "--trainer.max_epochs=3",
+            "--trainer.limit_train_batches=2",
+            "--model.optimizer.init_args.lr=0",
+            "--model.dropout=0",
+        ]
+    )
     best = cli.trainer.checkpoint_callback.best_model_path
     assert "epoch000" in best
     last = torch.load(run_dir() / "checkpoints" / "last.ckpt", weights_only=True)
@@ -101,8 +109,16 @@ def test_last_checkpoint_is_the_latest_epoch_not_the_best():
 
 def test_num_classes_and_channels_are_linked_from_the_data(image_folder):
     """An image folder with 3 classes of RGB files gives a 3-channel, 3-class model with its class names."""
-    cli = TwinloopCLI(args=["fit", *SHORT, "--data.dataset=imagefolder", f"--data.root={image_folder}",
-                            "--data.image_size=16", "--trainer.max_epochs=1"])
+    cli = TwinloopCLI(
+        args=[
+            "fit",
+            *SHORT,
+            "--data.dataset=imagefolder",
+            f"--data.root={image_folder}",
+            "--data.image_size=16",
+            "--trainer.max_epochs=1",
+        ]
+    )
     assert cli.model.hparams.num_classes == 3 and cli.model.hparams.in_channels == 3
     assert cli.model.class_names == ["circles", "squares", "stripes"]
     assert cli.model(torch.zeros(1, 3, 16, 16)).shape == (1, 3)
@@ -114,8 +130,16 @@ def test_imagefolder_fit_then_predict_writes_the_csv(image_folder, tmp_path):
     cli = TwinloopCLI(args=["fit", *args, "--trainer.max_epochs=3"])
     new = make_image_folder(tmp_path / "new", per_class=2)
     out = tmp_path / "pred.csv"
-    TwinloopCLI(args=["predict", *args, f"--data.predict_root={new}", f"--predictions.output={out}",
-                      "--ckpt_path", cli.trainer.checkpoint_callback.best_model_path])
+    TwinloopCLI(
+        args=[
+            "predict",
+            *args,
+            f"--data.predict_root={new}",
+            f"--predictions.output={out}",
+            "--ckpt_path",
+            cli.trainer.checkpoint_callback.best_model_path,
+        ]
+    )
     rows = list(csv.DictReader(out.open()))
     files = sorted(str(p) for p in new.rglob("*") if p.is_file())
     assert sorted(r["path"] for r in rows) == files
@@ -125,6 +149,7 @@ def test_imagefolder_fit_then_predict_writes_the_csv(image_folder, tmp_path):
 
 def test_offline_download_exits_fast_with_the_message_and_no_run_dir(tmp_path, monkeypatch, capsys):
     """fit -c configs/mnist.yaml offline: non-zero exit within 10 s, a clear message, no run directory."""
+
     def offline(*args, **kwargs):
         raise OSError("network is unreachable")
 

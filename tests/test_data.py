@@ -11,6 +11,7 @@ from tests.conftest import write_image
 
 def test_digits_split_is_seeded_and_complete():
     """The digits split is reproducible for a seed, different for another, and loses no image."""
+
     def split(seed):
         dm = ImageDataModule(seed=seed)
         dm.setup("fit")
@@ -94,6 +95,7 @@ def test_imagefolder_missing_root_names_the_directory(tmp_path):
 
 def test_offline_download_fails_fast_and_clearly(tmp_path, monkeypatch):
     """With no network and no local copy, prepare_data names the directory and --data.root, in seconds."""
+
     def offline(*args, **kwargs):
         raise OSError("network is unreachable")
 

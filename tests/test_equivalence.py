@@ -12,16 +12,28 @@ from project.reference import cli as reference
 from tests.conftest import EQUIV, EQUIVALENCE_RESULTS, FAST
 
 OPTIMIZERS = {
-    "sgd": ["--model.optimizer=SGD", "--model.optimizer.lr=0.05", "--model.optimizer.momentum=0.9",
-            "--model.optimizer.nesterov=true", "--model.optimizer.weight_decay=5e-4"],
+    "sgd": [
+        "--model.optimizer=SGD",
+        "--model.optimizer.lr=0.05",
+        "--model.optimizer.momentum=0.9",
+        "--model.optimizer.nesterov=true",
+        "--model.optimizer.weight_decay=5e-4",
+    ],
     "adamw": ["--model.optimizer=AdamW", "--model.optimizer.lr=0.003", "--model.optimizer.weight_decay=0.01"],
 }
 SCHEDULERS = {
     "none": [],
-    "steplr-epoch": ["--model.lr_scheduler=StepLR", "--model.lr_scheduler.step_size=1",
-                     "--model.lr_scheduler.gamma=0.5", "--model.scheduler_interval=epoch"],
-    "onecycle-step": ["--model.lr_scheduler=OneCycleLR", "--model.lr_scheduler.max_lr=0.05",
-                      "--model.scheduler_interval=step"],
+    "steplr-epoch": [
+        "--model.lr_scheduler=StepLR",
+        "--model.lr_scheduler.step_size=1",
+        "--model.lr_scheduler.gamma=0.5",
+        "--model.scheduler_interval=epoch",
+    ],
+    "onecycle-step": [
+        "--model.lr_scheduler=OneCycleLR",
+        "--model.lr_scheduler.max_lr=0.05",
+        "--model.scheduler_interval=step",
+    ],
 }
 
 
@@ -60,9 +72,15 @@ def test_matrix(optimizer, scheduler, accumulate, clip):
     assert c.steps == expected_steps
 
 
-@pytest.mark.parametrize("extra", [["--model.label_smoothing=0.1"], ["--trainer.gradient_clip_val=0.01",
-                                   "--trainer.gradient_clip_algorithm=value"], ["--data.augment=true"]],
-                         ids=["label-smoothing", "clip-value", "augment"])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["--model.label_smoothing=0.1"],
+        ["--trainer.gradient_clip_val=0.01", "--trainer.gradient_clip_algorithm=value"],
+        ["--data.augment=true"],
+    ],
+    ids=["label-smoothing", "clip-value", "augment"],
+)
 def test_more_settings(extra):
     """Label smoothing, clipping by value and on-device augmentation keep the loops equal."""
     assert_equivalent(run_both([*EQUIV, *extra]), extra[0])
@@ -85,7 +103,9 @@ def test_bf16_autocast_on_cpu():
 def test_planted_dropout_change_is_caught(monkeypatch, capsys):
     """A dropout rate changed on the reference side only: exit 1, naming the first batch's loss."""
     original = compare.run_reference
-    monkeypatch.setattr(compare, "run_reference", lambda args, log_dir: original([*args, "--model.dropout=0.5"], log_dir))
+    monkeypatch.setattr(
+        compare, "run_reference", lambda args, log_dir: original([*args, "--model.dropout=0.5"], log_dir)
+    )
     assert compare.main([*EQUIV, "--name=planted"]) == 1
     out = capsys.readouterr().out
     assert "NOT EQUIVALENT" in out

@@ -60,7 +60,9 @@ class Probe:
 
         def after_dropout(module, inputs, output):
             if torch.is_grad_enabled():
-                self.dropout_zero_fraction.append((output == 0).float().mean().item() - (inputs[0] == 0).float().mean().item())
+                self.dropout_zero_fraction.append(
+                    (output == 0).float().mean().item() - (inputs[0] == 0).float().mean().item()
+                )
 
         net.register_forward_pre_hook(before_forward)
         net.register_forward_hook(after_forward)

@@ -55,8 +55,6 @@ def test_notebook_runs(path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPat
 def test_notebook_is_stored_without_outputs(path: Path) -> None:
     """Code cells are committed with no outputs and no execution count."""
     notebook = nbformat.read(path, as_version=4)
-    dirty = [
-        i for i, cell in enumerate(notebook.cells)
-        if cell.cell_type == "code" and (cell.get("outputs") or cell.get("execution_count") is not None)
-    ]
+    code_cells = [(i, cell) for i, cell in enumerate(notebook.cells) if cell.cell_type == "code"]
+    dirty = [i for i, cell in code_cells if cell.get("outputs") or cell.get("execution_count") is not None]
     assert not dirty, f"{path.name}: code cells {dirty} have outputs or execution counts; clear them before committing"

@@ -46,7 +46,11 @@ def adapt_stem(net: nn.Module, in_channels: int, small_input: bool) -> None:
             net.maxpool = nn.Identity()
     elif in_channels != conv.in_channels:
         new = nn.Conv2d(
-            in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+            in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            conv.stride,
+            conv.padding,
             bias=conv.bias is not None,
         )
     else:

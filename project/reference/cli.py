@@ -27,14 +27,34 @@ from project.reference import loop
 # Trainer keys the reference loop carries out. Any other key must keep its default: the loop
 # refuses it rather than silently doing something else than Lightning would.
 HONOURED_TRAINER_KEYS = {
-    "max_epochs", "accelerator", "devices", "precision", "accumulate_grad_batches", "gradient_clip_val",
-    "gradient_clip_algorithm", "limit_train_batches", "limit_val_batches", "check_val_every_n_epoch",
-    "default_root_dir", "deterministic", "log_every_n_steps",
+    "max_epochs",
+    "accelerator",
+    "devices",
+    "precision",
+    "accumulate_grad_batches",
+    "gradient_clip_val",
+    "gradient_clip_algorithm",
+    "limit_train_batches",
+    "limit_val_batches",
+    "check_val_every_n_epoch",
+    "default_root_dir",
+    "deterministic",
+    "log_every_n_steps",
     # no effect on the numbers: the sanity pass runs under isolate_rng, bars and summaries only print
-    "num_sanity_val_steps", "enable_progress_bar", "enable_model_summary", "logger", "enable_checkpointing",
+    "num_sanity_val_steps",
+    "enable_progress_bar",
+    "enable_model_summary",
+    "logger",
+    "enable_checkpointing",
 }
-PRECISIONS = {"32": "32-true", "32-true": "32-true", "bf16": "bf16-mixed", "bf16-mixed": "bf16-mixed",
-              "16": "16-mixed", "16-mixed": "16-mixed"}
+PRECISIONS = {
+    "32": "32-true",
+    "32-true": "32-true",
+    "bf16": "bf16-mixed",
+    "bf16-mixed": "bf16-mixed",
+    "16": "16-mixed",
+    "16-mixed": "16-mixed",
+}
 
 
 class ConfigError(ValueError):
@@ -81,7 +101,9 @@ class TrainerSettings:
             accelerator = "cuda" if torch.cuda.is_available() else "cpu"
         accelerator = {"gpu": "cuda"}.get(accelerator, accelerator)
         if accelerator not in ("cpu", "cuda"):
-            raise ConfigError(f"trainer.accelerator={trainer.get('accelerator')!r}: the reference loop runs on cpu or cuda")
+            raise ConfigError(
+                f"trainer.accelerator={trainer.get('accelerator')!r}: the reference loop runs on cpu or cuda"
+            )
         if accelerator == "cuda" and not torch.cuda.is_available():
             raise ConfigError("trainer.accelerator=cuda, but CUDA is not available on this machine")
         devices = trainer.get("devices", "auto")
@@ -223,16 +245,28 @@ class ReferenceLogger:
         acc = float(val["val/acc"])
         self.best_val_acc = acc if self.best_val_acc is None else max(self.best_val_acc, acc)
         per_class = val_metrics.per_class_accuracy()
-        self._scalars({
-            **val, "val/acc_best": self.best_val_acc, "hp_metric": self.best_val_acc,
-            **{f"val/acc_class/{n}": per_class[i] for i, n in enumerate(self.class_names)},
-        }, step)
+        self._scalars(
+            {
+                **val,
+                "val/acc_best": self.best_val_acc,
+                "hp_metric": self.best_val_acc,
+                **{f"val/acc_class/{n}": per_class[i] for i, n in enumerate(self.class_names)},
+            },
+            step,
+        )
         if self.image_every > 0 and epoch % self.image_every == 0:
-            monitoring.log_png(self.writer, "val/confusion_matrix",
-                               monitoring.confusion_matrix_png(val_metrics.confusion_matrix(), self.class_names), self.steps)
-            monitoring.log_png(self.writer, "val/misclassified",
-                               monitoring.misclassified_png(val_metrics.misclassified, self.class_names, self.dm.mean, self.dm.std),
-                               self.steps)
+            monitoring.log_png(
+                self.writer,
+                "val/confusion_matrix",
+                monitoring.confusion_matrix_png(val_metrics.confusion_matrix(), self.class_names),
+                self.steps,
+            )
+            monitoring.log_png(
+                self.writer,
+                "val/misclassified",
+                monitoring.misclassified_png(val_metrics.misclassified, self.class_names, self.dm.mean, self.dm.std),
+                self.steps,
+            )
 
     def _scalars(self, values: dict, step: int) -> None:
         for tag, value in {**values, "epoch": self.epoch}.items():
@@ -266,11 +300,17 @@ def fit(run: ReferenceRun, log_dir: Path | None = None, recorder=None) -> Refere
     train_loader, val_loader = dm.train_dataloader(), dm.val_dataloader()
     net, criterion = classifier.net, classifier.criterion
     net.to(s.device)
-    total_steps = stepping_batches(loop.num_batches(train_loader, s.limit_train_batches), s.accumulate_grad_batches, s.max_epochs)
-    optimizer, scheduler = build_optimization(net.parameters(), classifier.optimizer_factory, classifier.scheduler_factory, total_steps)
+    total_steps = stepping_batches(
+        loop.num_batches(train_loader, s.limit_train_batches), s.accumulate_grad_batches, s.max_epochs
+    )
+    optimizer, scheduler = build_optimization(
+        net.parameters(), classifier.optimizer_factory, classifier.scheduler_factory, total_steps
+    )
     num_classes = classifier.hparams.num_classes
     train_metrics = StageMetrics("train", num_classes).to(s.device)
-    val_metrics = StageMetrics("val", num_classes, detailed=True, keep_misclassified=classifier.hparams.num_misclassified_images).to(s.device)
+    val_metrics = StageMetrics(
+        "val", num_classes, detailed=True, keep_misclassified=classifier.hparams.num_misclassified_images
+    ).to(s.device)
     scaler = torch.amp.GradScaler(s.device.type) if s.precision == "16-mixed" else None
 
     log_dir = log_dir or next_version_dir(Path(run.logger_save_dir) / run.logger_name / "reference")
@@ -297,10 +337,18 @@ def fit(run: ReferenceRun, log_dir: Path | None = None, recorder=None) -> Refere
 
     loop.fit(
         net,
-        Progress(train_loader, "reference train", s.enable_progress_bar,
-                 total=loop.num_batches(train_loader, s.limit_train_batches)),
+        Progress(
+            train_loader,
+            "reference train",
+            s.enable_progress_bar,
+            total=loop.num_batches(train_loader, s.limit_train_batches),
+        ),
         Progress(val_loader, "reference val", s.enable_progress_bar),
-        criterion, optimizer, s.device, train_metrics, val_metrics,
+        criterion,
+        optimizer,
+        s.device,
+        train_metrics,
+        val_metrics,
         max_epochs=s.max_epochs,
         scheduler=scheduler,
         scheduler_interval=classifier.scheduler_interval,
@@ -341,9 +389,15 @@ def validate(run: ReferenceRun, ckpt_path: str | None) -> dict[str, float]:
     dm.setup("validate")
     metrics = StageMetrics("val", classifier.hparams.num_classes).to(s.device)
     classifier.net.to(s.device)
-    results = loop.evaluate(classifier.net, Progress(dm.val_dataloader(), "reference validate", s.enable_progress_bar),
-                            classifier.criterion, s.device, metrics,
-                            precision=s.precision, limit_batches=s.limit_val_batches)
+    results = loop.evaluate(
+        classifier.net,
+        Progress(dm.val_dataloader(), "reference validate", s.enable_progress_bar),
+        classifier.criterion,
+        s.device,
+        metrics,
+        precision=s.precision,
+        limit_batches=s.limit_val_batches,
+    )
     return {k: float(v) for k, v in results.items()}
 
 

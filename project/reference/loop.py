@@ -140,13 +140,21 @@ def fit(
     for epoch in range(max_epochs):
         train_metrics.reset()
         train_results = train_one_epoch(
-            model, train_loader, criterion, optimizer, device, train_metrics,
-            scheduler=scheduler, scheduler_interval=scheduler_interval, **train_kwargs,
+            model,
+            train_loader,
+            criterion,
+            optimizer,
+            device,
+            train_metrics,
+            scheduler=scheduler,
+            scheduler_interval=scheduler_interval,
+            **train_kwargs,
         )
         val_results = None
         if (epoch + 1) % check_val_every_n_epoch == 0:
-            val_results = evaluate(model, val_loader, criterion, device, val_metrics,
-                                   precision=precision, limit_batches=limit_val_batches)
+            val_results = evaluate(
+                model, val_loader, criterion, device, val_metrics, precision=precision, limit_batches=limit_val_batches
+            )
         if on_epoch_end is not None:  # before the epoch's scheduler step, as Lightning saves checkpoints
             on_epoch_end(epoch, train_results, val_results)
         if scheduler is not None and scheduler_interval == "epoch":

@@ -1,0 +1,151 @@
+"""What TensorBoard shows, read back from the event files and from a real TensorBoard server."""
+
+import io
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import plugin_data_pb2
+
+from project import compare
+from tests.conftest import FAST
+
+DIGITS = [str(i) for i in range(10)]
+SCALAR_TAGS = {
+    "train/loss",
+    "train/loss_epoch",
+    "train/acc",
+    "val/loss",
+    "val/acc",
+    "val/acc_best",
+    "hp_metric",
+    "epoch",
+    "lr-SGD",
+    *(f"val/acc_class/{c}" for c in DIGITS),
+}
+IMAGE_TAGS = {"train/inputs", "val/confusion_matrix", "val/misclassified"}
+# Two full epochs of digits: 23 steps each, logged every 10 steps.
+RUN = [*FAST, "--trainer.max_epochs=2", "--trainer.log_every_n_steps=10"]
+
+
+def events(log_dir: Path) -> EventAccumulator:
+    acc = EventAccumulator(str(log_dir), size_guidance={"scalars": 0, "images": 0})
+    acc.Reload()
+    return acc
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    """One twinloop-compare run on digits: Lightning and reference event files side by side."""
+    root = tmp_path_factory.mktemp("tb")
+    lit = compare.run_lightning(RUN, root, "digits")
+    ref = compare.run_reference(RUN, root / "digits" / "reference")
+    return root / "digits", lit, ref
+
+
+def test_every_tag_is_logged(pair):
+    """Scalars (loss, acc, best, lr, epoch, per-class), images and the hparams entry are all there."""
+    acc = events(pair[0] / "lightning")
+    assert set(acc.Tags()["scalars"]) >= SCALAR_TAGS
+    assert set(acc.Tags()["images"]) >= IMAGE_TAGS
+    assert [e.step for e in acc.Scalars("train/loss")] == [9, 19, 29, 39]  # per step, every 10 steps
+    assert len(acc.Scalars("train/loss_epoch")) == 2  # per epoch
+
+
+def test_last_val_acc_is_what_the_run_reported(pair):
+    """The last val/acc in the event file is the value the run's last validation reported."""
+    _, lit, _ = pair
+    assert events(pair[0] / "lightning").Scalars("val/acc")[-1].value == pytest.approx(lit.val[-1]["val/acc"], abs=0)
+
+
+def test_hparams_hold_the_flat_config_and_hp_metric_is_the_best_val_acc(pair):
+    """HPARAMS: the flattened run config, with hp_metric equal to the best val/acc."""
+    acc = events(pair[0] / "lightning")
+    content = acc.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    hparams = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info.hparams
+    assert hparams["model/dropout"].number_value == 0.25
+    assert hparams["data/dataset"].string_value == "digits"
+    assert acc.Scalars("hp_metric")[-1].value == max(e.value for e in acc.Scalars("val/acc"))
+
+
+def test_confusion_matrix_png_counts_the_validation_set(pair):
+    """The confusion-matrix image decodes as a PNG whose counts sum to the validation set's size."""
+    acc = events(pair[0] / "lightning")
+    image = acc.Images("val/confusion_matrix")[-1]
+    png = Image.open(io.BytesIO(image.encoded_image_string))
+    assert png.format == "PNG"
+    counts = json.loads(png.text["confusion_matrix"])
+    assert len(counts) == 10 and sum(map(sum, counts)) == round(1797 * 0.2)  # the digits val split
+    assert json.loads(png.text["class_names"]) == DIGITS
+
+
+def test_reference_logs_the_same_tags_and_values(pair):
+    """The reference run carries the same tags, and every scalar agrees within the equivalence tolerance."""
+    lit, ref = events(pair[0] / "lightning"), events(pair[0] / "reference")
+    assert set(lit.Tags()["scalars"]) == set(ref.Tags()["scalars"])
+    assert set(ref.Tags()["images"]) >= IMAGE_TAGS
+    for tag in lit.Tags()["scalars"]:
+        a = {e.step: e.value for e in lit.Scalars(tag)}
+        b = {e.step: e.value for e in ref.Scalars(tag)}
+        assert a.keys() == b.keys(), tag
+        for step in a:
+            assert abs(a[step] - b[step]) <= 1e-6, (tag, step, a[step], b[step])
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get_json(url: str):
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return json.loads(response.read())
+
+
+def test_a_real_tensorboard_server_serves_both_runs(pair):
+    """tensorboard on a loopback port serves both runs with their scalar and image tags."""
+    port = free_port()
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tensorboard.main",
+            "--logdir",
+            str(pair[0]),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--load_fast=false",
+            "--reload_interval=1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        runs = []
+        while time.monotonic() < deadline and set(runs) != {"lightning", "reference"}:
+            time.sleep(0.5)
+            try:
+                runs = get_json(f"{base}/data/runs")
+            except OSError:
+                continue
+        assert set(runs) == {"lightning", "reference"}
+        scalars = get_json(f"{base}/data/plugin/scalars/tags")
+        images = get_json(f"{base}/data/plugin/images/tags")
+        for run in ("lightning", "reference"):
+            assert set(scalars[run]) >= SCALAR_TAGS
+            assert set(images[run]) >= IMAGE_TAGS
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
