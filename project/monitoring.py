@@ -89,7 +89,7 @@ def confusion_matrix_png(cm: Tensor, class_names: Sequence[str]) -> bytes:
     strip_draw = ImageDraw.Draw(strip)
     for k, name in enumerate(class_names):
         draw.text((left - 4, top + k * cell + cell / 2), name, font=font, anchor="rm", fill="black")
-        strip_draw.text((2, (n - k - 1) * cell + cell / 2), name, font=font, anchor="lm", fill="black")
+        strip_draw.text((2, k * cell + cell / 2), name, font=font, anchor="lm", fill="black")
     img.paste(strip.rotate(90, expand=True), (left, top - label_w - 2))
     draw.text((2, 2), "true \\ predicted", font=font, fill="black")
     return _png(img, {"confusion_matrix": json.dumps(cm.tolist()), "class_names": json.dumps(list(class_names))})
