@@ -96,10 +96,11 @@ def main() -> None:
         direct = epoch_times(rest, images_every=1)
     share = pictures.total / sum(direct)  # pictures are drawn inside the epochs they belong to
     on, off = [], []
-    for _ in range(opts.repeats):
-        # the default: every validation epoch; the first epoch pays one-off start-up costs
-        on += epoch_times(rest, images_every=1)[1:]
-        off += epoch_times(rest, images_every=0)[1:]
+    for repeat in range(opts.repeats):
+        # images_every=1 is the default: every validation epoch. The order alternates between
+        # repeats, and the first epoch of each run (one-off start-up costs) is left out.
+        for images_every in (1, 0) if repeat % 2 == 0 else (0, 1):
+            (on if images_every else off).extend(epoch_times(rest, images_every)[1:])
     t_on, t_off = statistics.median(on), statistics.median(off)
     print(f"config: {' '.join(rest)}")
     print(f"median epoch time with images every epoch: {t_on * 1000:.1f} ms ({len(on)} epochs)")
