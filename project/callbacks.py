@@ -26,12 +26,6 @@ class LatestCheckpoint(ModelCheckpoint):
             enable_version_counter=False,
         )
 
-    def _save_none_monitor_checkpoint(self, trainer, monitor_candidates) -> None:
-        # Always overwrite one file; the parent would also delete the previous one by name.
-        filepath = self.format_checkpoint_name(monitor_candidates)
-        self._save_checkpoint(trainer, filepath)
-        self.best_model_path = filepath
-
 
 class PredictionCSV(BasePredictionWriter):
     """Writes ``path,class_name,probability`` for every predicted image.

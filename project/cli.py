@@ -68,10 +68,12 @@ class TwinloopCLI(LightningCLI):
 
     def after_fit(self) -> None:
         ckpt = self.trainer.checkpoint_callback
-        metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith("val/acc")}
-        print(f"\nbest checkpoint: {ckpt.best_model_path}" if ckpt and ckpt.best_model_path else "")
+        if ckpt is not None and ckpt.best_model_path:
+            print(f"\nbest checkpoint: {ckpt.best_model_path}")
+        metrics = self.trainer.callback_metrics
         if "val/acc" in metrics:
-            print(f"val/acc {metrics['val/acc']:.4f} (best {metrics.get('val/acc_best', metrics['val/acc']):.4f})")
+            best = float(metrics.get("val/acc_best", metrics["val/acc"]))
+            print(f"val/acc {float(metrics['val/acc']):.4f} (best {best:.4f})")
 
 
 class RunConfigLogger(Callback):

@@ -70,13 +70,7 @@ class Recorder:
 
     def _state(self) -> dict[str, Tensor]:
         tensors = {f"param.{k}": v.detach() for k, v in self.net.named_parameters()}
-        tensors.update(
-            {
-                f"buffer.{k}": v.detach()
-                for k, v in self.net.named_buffers()
-                if v.is_floating_point() or k.endswith("num_batches_tracked")
-            }
-        )
+        tensors.update({f"buffer.{k}": v.detach() for k, v in self.net.named_buffers()})
         return tensors
 
 

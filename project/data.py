@@ -55,15 +55,17 @@ def image_files(folder: Path) -> list[Path]:
 class FileListDataset(Dataset):
     """Unlabelled images for prediction; yields ``(image, index)`` so rows map back to paths."""
 
-    def __init__(self, paths: list[Path], transform: Callable):
+    def __init__(self, paths: list[Path], transform: Callable, gray: bool = False):
         self.paths = paths
         self.transform = transform
+        self.gray = gray  # for models trained on 1-channel data sets
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple[Tensor, int]:
-        return self.transform(load_rgb(str(self.paths[i]))), i
+        image = load_rgb(str(self.paths[i]))
+        return self.transform(image.convert("L") if self.gray else image), i
 
 
 class ImageDataModule(L.LightningDataModule):
@@ -273,17 +275,8 @@ class ImageDataModule(L.LightningDataModule):
             raise FileNotFoundError(
                 f"data.predict_root: no images ({', '.join(IMAGE_EXTENSIONS)}) in {self.predict_root}"
             )
-        if self.dataset in ("imagefolder",):
-            transform = self._file_transform(self.normalization())
-        else:
-            # New files for a model trained on a named data set: match its size and channels.
-            transform = v2.Compose(
-                [
-                    v2.Lambda(lambda im: im.convert("L") if self.in_channels == 1 else im),
-                    *self._file_transform(self.normalization()).transforms,
-                ]
-            )
-        return FileListDataset(paths, transform)
+        # New files get what training images got: the same size, channels and normalization.
+        return FileListDataset(paths, self._file_transform(self.normalization()), gray=self.in_channels == 1)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         # Train batches only: Lightning's trainer says which stage runs this batch.
@@ -334,11 +327,17 @@ class ImageDataModule(L.LightningDataModule):
             self.augmenter.load_state_dict(state["augmenter"])
 
     # ---- helpers ----
+    @property
+    def input_size(self) -> int | None:
+        """Side of the square images the model sees; None for image folders kept at native size."""
+        if self.image_size is not None:
+            return self.image_size
+        if self.dataset == "fake":
+            return self.fake_image_shape[-1]
+        return {"digits": 8, "mnist": 28, "fashion_mnist": 28, "cifar10": 32, "cifar100": 32}.get(self.dataset)
+
     def _padding(self) -> int:
-        size = self.image_size or {"digits": 8, "mnist": 28, "fashion_mnist": 28}.get(self.dataset, 32)
-        if self.dataset == "fake" and self.image_size is None:
-            size = self.fake_image_shape[-1]
-        return max(1, size // 8)  # 4 px on 32 px images, as in the usual CIFAR recipe
+        return max(1, (self.input_size or 32) // 8)  # 4 px on 32 px images, as in the usual CIFAR recipe
 
     def _download_root(self) -> Path:
         return self.root if self.root is not None else Path("data")
@@ -349,8 +348,8 @@ class ImageDataModule(L.LightningDataModule):
 
     def _file_transform(self, stats) -> v2.Compose:
         steps = [v2.ToImage()]
-        if self.image_size is not None:
-            steps.append(v2.Resize((self.image_size, self.image_size), antialias=True))
+        if self.input_size is not None:
+            steps.append(v2.Resize((self.input_size, self.input_size), antialias=True))
         steps.append(v2.ToDtype(torch.float32, scale=True))
         if stats is not None:
             steps.append(v2.Normalize(*stats))

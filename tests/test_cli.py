@@ -162,3 +162,22 @@ def test_offline_download_exits_fast_with_the_message_and_no_run_dir(tmp_path, m
     err = capsys.readouterr().err
     assert "mnist" in err and "--data.root" in err and "Traceback" not in err
     assert not Path("lightning_logs").exists()
+
+
+def test_predict_new_files_with_a_digits_model(tmp_path):
+    """Files of any size and mode are fitted to what a digits model takes: 1 channel, 8 x 8."""
+    cli = fit()
+    new = make_image_folder(tmp_path / "new", classes=("x",), per_class=3)
+    out = tmp_path / "digits.csv"
+    TwinloopCLI(
+        args=[
+            "predict",
+            *FAST,
+            f"--data.predict_root={new}",
+            f"--predictions.output={out}",
+            "--ckpt_path",
+            cli.trainer.checkpoint_callback.best_model_path,
+        ]
+    )
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 3 and {r["class_name"] for r in rows} <= set("0123456789")

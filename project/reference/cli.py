@@ -365,7 +365,6 @@ def fit(run: ReferenceRun, log_dir: Path | None = None, recorder=None) -> Refere
         on_step=logger.on_step,
     )
     logger.writer.close()
-    logger.optimizer, logger.scheduler, logger.net = optimizer, scheduler, net
     return logger
 
 
