@@ -1,4 +1,4 @@
-import os
+import subprocess
 import warnings
 from pathlib import Path
 
@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
+_UNTRACKED = pytest.StashKey[set]()
 CONFIGS = REPO / "configs"
 
 # Small, fast and quiet runs for the tests.
@@ -62,8 +63,34 @@ def image_folder(tmp_path) -> Path:
     return make_image_folder(tmp_path / "images")
 
 
-def pytest_configure(config):
-    os.environ.setdefault("PYTHONHASHSEED", "0")
+def _untracked_files() -> set[str] | None:
+    """Files in the repo that git neither tracks nor ignores (None outside a git checkout)."""
+    try:
+        out = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=all"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return {line[3:] for line in out.splitlines() if line.startswith("??")}
+
+
+def pytest_sessionstart(session):
+    session.config.stash[_UNTRACKED] = _untracked_files()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Tests write only under tmp dirs: anything new in the repo fails the run."""
+    before = session.config.stash.get(_UNTRACKED, None)
+    after = _untracked_files()
+    if before is None or after is None:
+        return
+    if new := sorted(after - before):
+        print(f"\nERROR: the tests wrote files into the repository: {new[:10]}")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 # Tiny equivalence runs: 216 training digits in batches of 32 -> 7 batches per epoch, the last of

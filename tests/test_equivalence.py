@@ -170,3 +170,17 @@ def test_cuda_fp32_deterministic():
     """On a GPU, fp32 with deterministic algorithms: the loops agree to 1e-6."""
     c = run_both([*EQUIV, "--trainer.accelerator=gpu", "--trainer.deterministic=true"])
     assert_equivalent(c, "cuda fp32 deterministic")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_fp16_mixed_with_grad_scaler():
+    """On a GPU, 16-mixed (autocast + GradScaler, clipping after unscale): the loops agree to 1e-6."""
+    args = [
+        *EQUIV,
+        "--trainer.accelerator=gpu",
+        "--trainer.deterministic=true",
+        "--trainer.precision=16-mixed",
+        "--trainer.gradient_clip_val=1.0",
+    ]
+    assert_equivalent(run_both(args), "cuda 16-mixed deterministic")

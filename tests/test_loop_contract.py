@@ -24,7 +24,7 @@ TRAIN_BATCHES, VAL_BATCHES, SANITY_BATCHES = 7, 4, 2
 class Probe:
     """Records every forward of the network and every zero_grad/backward/step, in order."""
 
-    def __init__(self, monkeypatch):
+    def __init__(self):
         self.forwards: list[dict] = []  # per forward: grad on?, which modules train
         # "zero", "backward", "step" (after the update: Lightning calls step(closure), and the
         # closure runs forward, zero_grad and backward inside it)
@@ -37,13 +37,14 @@ class Probe:
             self.events.append("zero")
             real(opt, set_to_none)
 
-        monkeypatch.setattr(torch.optim.Optimizer, "zero_grad", counting_zero_grad)
+        # A patch of its own: undoing it must not undo the test's other patches (its tmp cwd).
+        self._patch = pytest.MonkeyPatch()
+        self._patch.setattr(torch.optim.Optimizer, "zero_grad", counting_zero_grad)
         self._step_hook = register_optimizer_step_post_hook(lambda *a: self.events.append("step"))
-        self._monkeypatch = monkeypatch
 
     def remove(self) -> None:
         self._step_hook.remove()
-        self._monkeypatch.undo()
+        self._patch.undo()
 
     def attach(self, net: nn.Module, criterion: nn.Module) -> None:
         def before_forward(module, inputs):
@@ -107,9 +108,9 @@ def run(loop: str, probe: Probe, args: list[str], model_in_eval_mode: bool = Fal
 
 
 @pytest.mark.parametrize("loop", LOOPS)
-def test_train_steps_in_train_mode_with_grad_and_eval_steps_without(loop, monkeypatch):
+def test_train_steps_in_train_mode_with_grad_and_eval_steps_without(loop):
     """Every training forward has all modules training and grad on; every evaluation one neither."""
-    probe = Probe(monkeypatch)
+    probe = Probe()
     run(loop, probe, EQUIV)
     sanity = SANITY_BATCHES if loop == "lightning" else 0
     assert len(probe.train_forwards) == 3 * TRAIN_BATCHES
@@ -119,17 +120,17 @@ def test_train_steps_in_train_mode_with_grad_and_eval_steps_without(loop, monkey
 
 
 @pytest.mark.parametrize("loop", LOOPS)
-def test_a_model_left_in_eval_mode_still_trains_in_train_mode(loop, monkeypatch):
+def test_a_model_left_in_eval_mode_still_trains_in_train_mode(loop):
     """model.eval() before fit: the loop still switches to train mode for training steps."""
-    probe = Probe(monkeypatch)
+    probe = Probe()
     run(loop, probe, EQUIV, model_in_eval_mode=True)
     assert probe.train_forwards and all(f["all_train"] for f in probe.train_forwards)
 
 
 @pytest.mark.parametrize("loop", LOOPS)
-def test_zero_grad_once_per_step_and_one_step_per_window(loop, monkeypatch):
+def test_zero_grad_once_per_step_and_one_step_per_window(loop):
     """With accumulation 3: per window one zero_grad before its first backward, 3 backwards, one step."""
-    probe = Probe(monkeypatch)
+    probe = Probe()
     run(loop, probe, [*EQUIV, "--trainer.accumulate_grad_batches=3"])
     windows, current = [], []
     for event in probe.events:
@@ -146,10 +147,10 @@ def test_zero_grad_once_per_step_and_one_step_per_window(loop, monkeypatch):
 
 
 @pytest.mark.parametrize("loop", LOOPS)
-def test_validation_changes_nothing_in_training(loop, monkeypatch):
+def test_validation_changes_nothing_in_training(loop):
     """Training with validation every epoch ends bit-identical (weights, BN buffers, optimizer) to training without."""
-    with_val = run(loop, Probe(monkeypatch), EQUIV)
-    without = run(loop, Probe(monkeypatch), [*EQUIV, "--trainer.check_val_every_n_epoch=100"])
+    with_val = run(loop, Probe(), EQUIV)
+    without = run(loop, Probe(), [*EQUIV, "--trainer.check_val_every_n_epoch=100"])
     assert with_val.val and not without.val  # validation really ran in one and not the other
     assert with_val.final.keys() == without.final.keys()
     for name, value in with_val.final.items():
@@ -157,13 +158,13 @@ def test_validation_changes_nothing_in_training(loop, monkeypatch):
 
 
 @pytest.mark.parametrize("loop", LOOPS)
-def test_dropout_active_in_training_and_inert_in_evaluation(loop, monkeypatch):
+def test_dropout_active_in_training_and_inert_in_evaluation(loop):
     """Dropout zeroes ~p of its inputs in training; two evaluation passes give identical logits."""
     args = [*EQUIV, "--trainer.max_epochs=1", "--model.dropout=0.5"]
-    probe = Probe(monkeypatch)
+    probe = Probe()
     run(loop, probe, args)
     assert sum(probe.dropout_zero_fraction) / len(probe.dropout_zero_fraction) == pytest.approx(0.5, abs=0.1)
-    second = Probe(monkeypatch)
+    second = Probe()
     run(loop, second, args)  # same seed: same training, so the evaluation passes must match exactly
     assert len(probe.eval_logits) == len(second.eval_logits) > 0
     for a, b in zip(probe.eval_logits, second.eval_logits):
