@@ -22,6 +22,11 @@ from project.metrics import StageMetrics
 AUTOCAST_DTYPES = {"32-true": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 
 
+def autocast(device: torch.device, precision: str) -> torch.autocast:
+    """Mixed precision runs forward and loss under autocast; 32-true runs them as they are."""
+    return torch.autocast(device.type, dtype=AUTOCAST_DTYPES[precision], enabled=precision != "32-true")
+
+
 def num_batches(loader: DataLoader, limit: int | float = 1.0) -> int:
     """Batches per epoch under ``limit_*_batches``: a fraction of the loader, or a count."""
     if isinstance(limit, float):
@@ -59,7 +64,7 @@ def train_one_epoch(
             x = augment(x)
         if i % accumulate_grad_batches == 0:
             optimizer.zero_grad()
-        with torch.autocast(device.type, dtype=AUTOCAST_DTYPES[precision], enabled=precision != "32-true"):
+        with autocast(device, precision):
             output = model(x)
             loss = criterion(output, y)
         metrics.update(output, y, loss)
@@ -105,7 +110,7 @@ def evaluate(
         if i == n:
             break
         x, y = x.to(device), y.to(device)
-        with torch.autocast(device.type, dtype=AUTOCAST_DTYPES[precision], enabled=precision != "32-true"):
+        with autocast(device, precision):
             output = model(x)
             loss = criterion(output, y)
         metrics.update(output, y, loss, images=x)
