@@ -29,6 +29,7 @@ class StageMetrics(nn.Module):
             self.confusion = MulticlassConfusionMatrix(num_classes)
         self.keep_misclassified = keep_misclassified
         self.misclassified: list[tuple[Tensor, int, int]] = []
+        self.best_acc: float | None = None  # over epochs: reset() keeps it
 
     @torch.no_grad()
     def update(self, logits: Tensor, target: Tensor, loss: Tensor, images: Tensor | None = None) -> None:
@@ -51,8 +52,19 @@ class StageMetrics(nn.Module):
         out.update({f"{self.stage}/{k}": v for k, v in self.scores.compute().items()})
         return out
 
-    def per_class_accuracy(self) -> Tensor:
-        return self.per_class.compute()
+    def epoch_summary(self, class_names: list[str]) -> dict[str, Tensor | float]:
+        """``compute()`` plus the best accuracy so far (also as ``hp_metric``) and per-class accuracy
+        ``f"{stage}/acc_class/<name>"``; it updates the best, so call it once per epoch."""
+        results = self.compute()
+        acc = float(results[f"{self.stage}/acc"])
+        self.best_acc = acc if self.best_acc is None else max(self.best_acc, acc)
+        per_class = self.per_class.compute()
+        return {
+            **results,
+            f"{self.stage}/acc_best": self.best_acc,
+            "hp_metric": self.best_acc,
+            **{f"{self.stage}/acc_class/{name}": per_class[i] for i, name in enumerate(class_names)},
+        }
 
     def confusion_matrix(self) -> Tensor:
         return self.confusion.compute()

@@ -62,7 +62,6 @@ class ImageClassifier(L.LightningModule):
         self.train_metrics = StageMetrics("train", num_classes)
         self.val_metrics = StageMetrics("val", num_classes, detailed=True, keep_misclassified=num_misclassified_images)
         self.test_metrics = StageMetrics("test", num_classes)
-        self.best_val_acc: float | None = None
         self._input_grid_logged = False
 
     def forward(self, x: Tensor) -> Tensor:
@@ -108,31 +107,14 @@ class ImageClassifier(L.LightningModule):
         if self.trainer.sanity_checking:  # the pre-fit sanity pass is not an epoch of its own
             self.val_metrics.reset()
             return
-        results = self.val_metrics.compute()
-        acc = float(results["val/acc"])
-        self.best_val_acc = acc if self.best_val_acc is None else max(self.best_val_acc, acc)
-        self.log_dict(results, prog_bar=True)
-        self.log("val/acc_best", self.best_val_acc)
-        self.log("hp_metric", self.best_val_acc)
-        per_class = self.val_metrics.per_class_accuracy()
-        self.log_dict({f"val/acc_class/{name}": per_class[i] for i, name in enumerate(self.class_names)})
-        writer = self._writer()
-        epoch = self.current_epoch
+        summary = self.val_metrics.epoch_summary(self.class_names)
+        self.log_dict({k: summary.pop(k) for k in ("val/loss", "val/acc")}, prog_bar=True)
+        self.log_dict(summary)
         n = self.log_images_every_n_epochs
-        if writer is not None and n > 0 and epoch % n == 0:
+        if (writer := self._writer()) is not None and n > 0 and self.current_epoch % n == 0:
             dm = self.trainer.datamodule
-            step = self.global_step
-            monitoring.log_png(
-                writer,
-                "val/confusion_matrix",
-                monitoring.confusion_matrix_png(self.val_metrics.confusion_matrix(), self.class_names),
-                step,
-            )
-            monitoring.log_png(
-                writer,
-                "val/misclassified",
-                monitoring.misclassified_png(self.val_metrics.misclassified, self.class_names, dm.mean, dm.std),
-                step,
+            monitoring.log_validation_pictures(
+                writer, self.val_metrics, self.class_names, dm.mean, dm.std, self.global_step
             )
         self.val_metrics.reset()
 
@@ -150,10 +132,10 @@ class ImageClassifier(L.LightningModule):
         return {"index": index, "label": label, "probability": confidence}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["best_val_acc"] = self.best_val_acc
+        checkpoint["best_val_acc"] = self.val_metrics.best_acc
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self.best_val_acc = checkpoint.get("best_val_acc")
+        self.val_metrics.best_acc = checkpoint.get("best_val_acc")
 
     def _writer(self):
         logger = self.logger

@@ -148,6 +148,14 @@ def misclassified_png(
     return _png(img)
 
 
+def log_validation_pictures(
+    writer, metrics, class_names: Sequence[str], mean: Sequence[float], std: Sequence[float], step: int
+) -> None:
+    """The confusion matrix and the misclassified grid of one validation epoch (a detailed StageMetrics)."""
+    log_png(writer, "val/confusion_matrix", confusion_matrix_png(metrics.confusion_matrix(), class_names), step)
+    log_png(writer, "val/misclassified", misclassified_png(metrics.misclassified, class_names, mean, std), step)
+
+
 def flatten_config(config: Mapping, prefix: str = "") -> dict[str, object]:
     """``{"model": {"dropout": 0.25}}`` -> ``{"model/dropout": 0.25}``, values made TensorBoard-safe."""
     flat: dict[str, object] = {}

@@ -207,7 +207,6 @@ class ReferenceLogger:
         self.image_every = classifier.log_images_every_n_epochs
         self.steps = 0
         self.epoch = 0
-        self.best_val_acc: float | None = None
         self._lr_before_step: dict[str, float] = {}
 
     def watch(self, net: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
@@ -242,30 +241,10 @@ class ReferenceLogger:
         self._scalars(train, step)
         if val is None:
             return
-        acc = float(val["val/acc"])
-        self.best_val_acc = acc if self.best_val_acc is None else max(self.best_val_acc, acc)
-        per_class = val_metrics.per_class_accuracy()
-        self._scalars(
-            {
-                **val,
-                "val/acc_best": self.best_val_acc,
-                "hp_metric": self.best_val_acc,
-                **{f"val/acc_class/{n}": per_class[i] for i, n in enumerate(self.class_names)},
-            },
-            step,
-        )
+        self._scalars(val_metrics.epoch_summary(self.class_names), step)
         if self.image_every > 0 and epoch % self.image_every == 0:
-            monitoring.log_png(
-                self.writer,
-                "val/confusion_matrix",
-                monitoring.confusion_matrix_png(val_metrics.confusion_matrix(), self.class_names),
-                self.steps,
-            )
-            monitoring.log_png(
-                self.writer,
-                "val/misclassified",
-                monitoring.misclassified_png(val_metrics.misclassified, self.class_names, self.dm.mean, self.dm.std),
-                self.steps,
+            monitoring.log_validation_pictures(
+                self.writer, val_metrics, self.class_names, self.dm.mean, self.dm.std, self.steps
             )
 
     def _scalars(self, values: dict, step: int) -> None:
@@ -329,9 +308,9 @@ def fit(run: ReferenceRun, log_dir: Path | None = None, recorder=None) -> Refere
         print(f"epoch {epoch}: " + "  ".join(f"{k}={float(v):.4f}" for k, v in summary.items()))
         if s.enable_checkpointing:
             ckpt_dir.mkdir(parents=True, exist_ok=True)
-            state = checkpoint_dict(net, optimizer, scheduler, epoch, logger.steps, logger.best_val_acc)
+            state = checkpoint_dict(net, optimizer, scheduler, epoch, logger.steps, val_metrics.best_acc)
             torch.save(state, ckpt_dir / "last.ckpt")
-            if val_results is not None and float(val_results["val/acc"]) == logger.best_val_acc:
+            if val_results is not None and float(val_results["val/acc"]) == val_metrics.best_acc:
                 torch.save(state, ckpt_dir / "best.ckpt")
         logger.epoch = epoch + 1
 
