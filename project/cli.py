@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import sys
-
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from project.callbacks import LatestCheckpoint, PredictionCSV
-from project.data import DataUnavailableError, ImageDataModule
+from project.data import ImageDataModule
+from project.errors import reported_as_exit
 from project.module import ImageClassifier
 from project.monitoring import flatten_config, log_hparams
 
@@ -92,11 +91,8 @@ class RunConfigLogger(Callback):
 
 
 def main(args: list[str] | None = None) -> None:
-    try:
+    with reported_as_exit():
         TwinloopCLI(args=args)
-    except DataUnavailableError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(1)
 
 
 if __name__ == "__main__":

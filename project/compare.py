@@ -20,7 +20,7 @@ from lightning.pytorch.callbacks import Callback
 from torch import Tensor, nn
 
 from project.cli import TwinloopCLI
-from project.data import DataUnavailableError
+from project.errors import reported_as_exit
 from project.reference import cli as reference
 
 SNAPSHOT_BUDGET_BYTES = 512 * 2**20  # per loop; larger models are snapshotted every k-th step
@@ -246,12 +246,9 @@ def main(argv: list[str] | None = None) -> int:
     config = next((rest[i + 1] for i, a in enumerate(rest[:-1]) if a in ("-c", "--config")), None)
     root = Path(opts.root)
     name = opts.name or unique_dir(root, Path(config).stem if config else "compare")
-    try:
+    with reported_as_exit():
         lit = run_lightning(rest, root, name)
         ref = run_reference(rest, root / name / "reference")
-    except (reference.ConfigError, DataUnavailableError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     result = compare(lit, ref, opts.atol)
     print(format_table(result))
     print(f"logs: {root / name}/{{lightning,reference}}  (tensorboard --logdir {root / name})")

@@ -23,6 +23,7 @@ from torchvision import datasets as tvd
 from torchvision.transforms import v2
 
 from project.augment import RandomCropFlip
+from project.errors import ConfigError, DataUnavailableError
 
 DatasetName = Literal["digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "imagefolder", "fake"]
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -34,10 +35,6 @@ TORCHVISION_SETS = {
     "cifar10": (tvd.CIFAR10, 3, 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
     "cifar100": (tvd.CIFAR100, 3, 100, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
 }
-
-
-class DataUnavailableError(RuntimeError):
-    """The data set is neither on disk nor downloadable; the message says what to do."""
 
 
 def load_rgb(path: str) -> Image.Image:
@@ -104,9 +101,9 @@ class ImageDataModule(L.LightningDataModule):
     ):
         super().__init__()
         if not 0.0 < val_fraction < 1.0:
-            raise ValueError(f"data.val_fraction must be between 0 and 1, got {val_fraction}")
+            raise ConfigError(f"data.val_fraction must be between 0 and 1, got {val_fraction}")
         if batch_size < 1:
-            raise ValueError(f"data.batch_size must be at least 1, got {batch_size}")
+            raise ConfigError(f"data.batch_size must be at least 1, got {batch_size}")
         self.dataset = dataset
         self.root = Path(root) if root is not None else None
         self.batch_size = batch_size
@@ -195,7 +192,8 @@ class ImageDataModule(L.LightningDataModule):
             for train in (True, False):
                 download_torchvision(cls, self._download_root(), train=train, name=self.dataset)
         elif self.dataset == "imagefolder":
-            self._imagefolder_train_dir()  # fails early and clearly on a bad root
+            # Checked here, before Lightning writes anything, so a bad folder leaves no run behind.
+            self.check_uniform_size(self._imagefolder_train_files())
 
     def setup(self, stage: str | None = None) -> None:
         if stage == "predict":
@@ -238,7 +236,6 @@ class ImageDataModule(L.LightningDataModule):
     def _setup_imagefolder(self, generator: torch.Generator) -> None:
         transform = self._file_transform(self.normalization())
         train_dir = self._imagefolder_train_dir()
-        self.check_uniform_size(self._imagefolder_train_files())
         full = tvd.ImageFolder(
             str(train_dir),
             transform=transform,
@@ -248,7 +245,7 @@ class ImageDataModule(L.LightningDataModule):
         val_dir = self.root / "val"
         if train_dir == self.root / "train" and val_dir.is_dir():
             if class_folders(val_dir) != full.classes:
-                raise ValueError(
+                raise ConfigError(
                     f"Class folders differ: {val_dir} has {class_folders(val_dir)} but {train_dir} has {full.classes}"
                 )
             self.train_set = full
@@ -267,7 +264,7 @@ class ImageDataModule(L.LightningDataModule):
 
     def _predict_dataset(self) -> FileListDataset:
         if self.predict_root is None:
-            raise ValueError("predict needs a folder of images: pass --data.predict_root DIR")
+            raise ConfigError("predict needs a folder of images: pass --data.predict_root DIR")
         if not self.predict_root.is_dir():
             raise FileNotFoundError(f"data.predict_root: no such directory: {self.predict_root}")
         paths = image_files(self.predict_root)
@@ -357,7 +354,7 @@ class ImageDataModule(L.LightningDataModule):
 
     def _imagefolder_train_dir(self) -> Path:
         if self.root is None:
-            raise ValueError(
+            raise ConfigError(
                 "data.dataset=imagefolder needs --data.root DIR (with DIR/<class>/* or DIR/train/<class>/*)"
             )
         if not self.root.is_dir():
@@ -383,7 +380,7 @@ class ImageDataModule(L.LightningDataModule):
                 if first is None:
                     first = (path, img.size)
                 elif img.size != first[1]:
-                    raise ValueError(
+                    raise ConfigError(
                         f"Images differ in size ({first[0]} is {first[1]}, {path} is {img.size}): "
                         f"set --data.image_size N to resize them all to N x N"
                     )

@@ -168,3 +168,30 @@ def test_predict_new_files_with_a_digits_model(tmp_path):
     new = make_image_folder(tmp_path / "new", classes=("x",), per_class=3)
     rows = predict_csv(FAST, cli.trainer.checkpoint_callback.best_model_path, new, tmp_path / "digits.csv")
     assert len(rows) == 3 and {r["class_name"] for r in rows} <= set("0123456789")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--model.backbone=resnet19"], "resnet19"),
+        (["--data.val_fraction=1.5"], "data.val_fraction"),
+        (["--data.dataset=imagefolder", "--data.root=nope"], "nope"),
+    ],
+)
+def test_bad_values_get_one_clear_line_and_no_run_dir(args, message, capsys):
+    """A value that cannot work exits non-zero with an `error:` line naming it, and writes no run."""
+    with pytest.raises(SystemExit) as info:
+        main(["fit", *args])
+    assert info.value.code in (1, 2)
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and message in err and "Traceback" not in err
+    assert not Path("lightning_logs").exists()
+
+
+def test_mixed_image_sizes_without_image_size_exit_2_before_any_run_dir(image_folder, capsys):
+    """An image folder that needs --data.image_size says so and leaves no run directory."""
+    with pytest.raises(SystemExit) as info:
+        main(["fit", "--data.dataset=imagefolder", f"--data.root={image_folder}"])
+    assert info.value.code == 2
+    assert "--data.image_size" in capsys.readouterr().err
+    assert not Path("lightning_logs").exists()

@@ -5,6 +5,7 @@ import torch
 from PIL import Image
 
 from project.data import DataUnavailableError, ImageDataModule, load_rgb
+from project.errors import ConfigError
 from tests.conftest import write_image
 
 
@@ -81,8 +82,8 @@ def test_imagefolder_with_train_and_val_folders(tmp_path):
 def test_imagefolder_mixed_sizes_without_image_size_is_a_clear_error(image_folder):
     """Without image_size, files of different sizes can't be batched: the error names them and the fix."""
     dm = ImageDataModule(dataset="imagefolder", root=str(image_folder))
-    with pytest.raises(ValueError, match="--data.image_size"):
-        dm.setup("fit")
+    with pytest.raises(ConfigError, match="--data.image_size"):
+        dm.prepare_data()
 
 
 def test_imagefolder_missing_root_names_the_directory(tmp_path):
@@ -130,7 +131,7 @@ def test_augmentation_is_seeded_and_train_only():
 
 def test_bad_predict_root_names_the_option(tmp_path):
     """predict without a folder of images says which option to set."""
-    with pytest.raises(ValueError, match="--data.predict_root"):
+    with pytest.raises(ConfigError, match="--data.predict_root"):
         ImageDataModule().setup("predict")
     Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
     dm = ImageDataModule(predict_root=str(tmp_path))

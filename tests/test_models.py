@@ -2,6 +2,7 @@ import pytest
 import torch
 from torch import nn
 
+from project.errors import ConfigError
 from project.models import SimpleCNN, build_network
 
 
@@ -29,5 +30,5 @@ def test_torchvision_backbone_with_small_stem_and_one_channel():
 
 def test_unknown_backbone_names_the_value():
     """A typo in the backbone name gets an error that names it."""
-    with pytest.raises(ValueError, match="resnet19"):
+    with pytest.raises(ConfigError, match="resnet19"):
         build_network("resnet19", num_classes=10)

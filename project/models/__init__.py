@@ -4,6 +4,7 @@ import torch
 import torchvision
 from torch import nn
 
+from project.errors import ConfigError
 from project.models.simple_cnn import SimpleCNN
 
 __all__ = ["SimpleCNN", "build_network", "available_backbones"]
@@ -24,7 +25,7 @@ def build_network(
     if backbone == "simple_cnn":
         return SimpleCNN(num_classes=num_classes, in_channels=in_channels, dropout=dropout)
     if backbone not in torchvision.models.list_models(module=torchvision.models):
-        raise ValueError(
+        raise ConfigError(
             f"Unknown backbone {backbone!r}: use 'simple_cnn' or a torchvision classification model "
             f"such as resnet18, resnet50, mobilenet_v3_small."
         )

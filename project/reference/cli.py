@@ -18,7 +18,8 @@ from tqdm import tqdm
 
 from project import monitoring
 from project.cli import TwinloopCLI
-from project.data import DataUnavailableError, ImageDataModule
+from project.data import ImageDataModule
+from project.errors import ConfigError, reported_as_exit
 from project.factory import build_optimization, stepping_batches
 from project.metrics import StageMetrics
 from project.module import ImageClassifier
@@ -55,10 +56,6 @@ PRECISIONS = {
     "16": "16-mixed",
     "16-mixed": "16-mixed",
 }
-
-
-class ConfigError(ValueError):
-    """A config the reference loop cannot run as Lightning would."""
 
 
 class _NoTrainerCLI(TwinloopCLI):
@@ -390,7 +387,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ckpt_path", default=None, help="checkpoint to validate (Lightning or reference)")
     parser.add_argument("--log_dir", default=None, help="TensorBoard/checkpoint directory for fit")
     opts, rest = parser.parse_known_args(argv)
-    try:
+    with reported_as_exit():
         run = load_run(rest)
         if opts.command == "fit":
             logger = fit(run, Path(opts.log_dir) if opts.log_dir else None)
@@ -400,9 +397,6 @@ def main(argv: list[str] | None = None) -> None:
             width = max(len(k) for k in results)
             for k, v in results.items():
                 print(f"{k:<{width}}  {v:.6f}")
-    except (ConfigError, DataUnavailableError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2 if isinstance(exc, ConfigError) else 1)
 
 
 if __name__ == "__main__":
