@@ -195,3 +195,19 @@ def test_mixed_image_sizes_without_image_size_exit_2_before_any_run_dir(image_fo
     assert info.value.code == 2
     assert "--data.image_size" in capsys.readouterr().err
     assert not Path("lightning_logs").exists()
+
+
+def test_checkpointing_can_be_turned_off():
+    """--trainer.enable_checkpointing=false drops the always-on checkpoint callbacks and saves none."""
+    cli = fit("--trainer.enable_checkpointing=false", "--trainer.max_epochs=1")
+    assert cli.trainer.checkpoint_callbacks == []
+    assert not (run_dir() / "checkpoints").exists()
+
+
+def test_test_stage_reports_test_metrics():
+    """twinloop test logs test/loss and test/acc (digits tests on its held-out split)."""
+    cli = fit()
+    metrics = TwinloopCLI(
+        args=["test", *FAST, "--ckpt_path", cli.trainer.checkpoint_callback.best_model_path]
+    ).trainer.callback_metrics
+    assert {"test/loss", "test/acc"} <= set(metrics)
