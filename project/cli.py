@@ -39,6 +39,8 @@ class TwinloopCLI(LightningCLI):
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
         parser.link_arguments("data.in_channels", "model.in_channels", apply_on="instantiate")
         parser.link_arguments("data.class_names", "model.class_names", apply_on="instantiate")
+        # One seed for the run: the data split, shuffling and augmentation follow seed_everything.
+        parser.link_arguments("seed_everything", "data.seed", compute_fn=data_seed, apply_on="parse")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults(
             {
@@ -73,6 +75,11 @@ class TwinloopCLI(LightningCLI):
         if "val/acc" in metrics:
             best = float(metrics.get("val/acc_best", metrics["val/acc"]))
             print(f"val/acc {float(metrics['val/acc']):.4f} (best {best:.4f})")
+
+
+def data_seed(seed_everything: int | bool) -> int:
+    """``seed_everything: true`` (a random seed) or ``false`` still give the data a fixed seed."""
+    return seed_everything if not isinstance(seed_everything, bool) else 42
 
 
 class RunConfigLogger(Callback):

@@ -77,7 +77,8 @@ class ImageDataModule(L.LightningDataModule):
         image_size: resize to this square size (file images); null keeps the native size.
         augment: random crop with padding + horizontal flip, on train batches only.
         num_workers: DataLoader worker processes.
-        seed: seeds the split, the shuffling and the augmentation.
+        seed: seeds the split, the shuffling and the augmentation (the CLI links it to
+            ``seed_everything``).
         predict_root: folder of new images for ``predict`` (any layout).
         fake_size: number of images for ``fake``.
         fake_image_shape: (C, H, W) of ``fake`` images.
