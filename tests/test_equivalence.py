@@ -184,3 +184,13 @@ def test_cuda_fp16_mixed_with_grad_scaler():
         "--trainer.gradient_clip_val=1.0",
     ]
     assert_equivalent(run_both(args), "cuda 16-mixed deterministic")
+
+
+def test_reference_checkpoint_validates_the_same_in_lightning():
+    """A reference-loop checkpoint validated by `twinloop validate` gives the reference's own numbers."""
+    args = [*FAST, "--trainer.max_epochs=1", "--trainer.limit_train_batches=8"]
+    reference.fit(reference.load_run(args), Path("ref"))
+    ckpt = str(Path("ref/checkpoints/best.ckpt"))
+    ref = reference.validate(reference.load_run(args), ckpt)
+    lightning = TwinloopCLI(args=["validate", *FAST, "--ckpt_path", ckpt]).trainer.callback_metrics
+    assert (ref["val/loss"], ref["val/acc"]) == (float(lightning["val/loss"]), float(lightning["val/acc"]))

@@ -12,6 +12,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import lightning
 import torch
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
@@ -258,6 +259,7 @@ def next_version_dir(parent: Path) -> Path:
 def checkpoint_dict(net, optimizer, scheduler, epoch: int, steps: int, best_val_acc) -> dict:
     """A checkpoint in Lightning's layout (``state_dict`` keys under ``net.``), so either loop can read it."""
     return {
+        "pytorch-lightning_version": lightning.__version__,  # `twinloop validate --ckpt_path` checks it
         "epoch": epoch,
         "global_step": steps,
         "state_dict": {f"net.{k}": v for k, v in net.state_dict().items()},
