@@ -78,11 +78,12 @@ def test_matrix(optimizer, scheduler, accumulate, clip):
         ["--model.label_smoothing=0.1"],
         ["--trainer.gradient_clip_val=0.01", "--trainer.gradient_clip_algorithm=value"],
         ["--data.augment=true"],
+        ["--data.num_workers=2", "--data.augment=true"],
     ],
-    ids=["label-smoothing", "clip-value", "augment"],
+    ids=["label-smoothing", "clip-value", "augment", "workers"],
 )
 def test_more_settings(extra):
-    """Label smoothing, clipping by value and on-device augmentation keep the loops equal."""
+    """Label smoothing, clipping by value, on-device augmentation and worker processes keep the loops equal."""
     assert_equivalent(run_both([*EQUIV, *extra]), extra[0])
 
 
