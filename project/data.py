@@ -237,31 +237,17 @@ class ImageDataModule(L.LightningDataModule):
     def _setup_imagefolder(self, generator: torch.Generator) -> None:
         transform = self._file_transform(self.normalization())
         train_dir = self._imagefolder_train_dir()
-        full = tvd.ImageFolder(
-            str(train_dir),
-            transform=transform,
-            loader=load_rgb,
-            is_valid_file=lambda p: p.lower().endswith(IMAGE_EXTENSIONS),
-        )
-        val_dir = self.root / "val"
+        full = image_folder(train_dir, transform)
+        val_dir, test_dir = self.root / "val", self.root / "test"
         if train_dir == self.root / "train" and val_dir.is_dir():
             if class_folders(val_dir) != full.classes:
                 raise ConfigError(
                     f"Class folders differ: {val_dir} has {class_folders(val_dir)} but {train_dir} has {full.classes}"
                 )
-            self.train_set = full
-            self.val_set = tvd.ImageFolder(
-                str(val_dir),
-                transform=transform,
-                loader=load_rgb,
-                is_valid_file=lambda p: p.lower().endswith(IMAGE_EXTENSIONS),
-            )
+            self.train_set, self.val_set = full, image_folder(val_dir, transform)
         else:
             self.train_set, self.val_set = self._split(full, generator)
-        test_dir = self.root / "test"
-        self.test_set = (
-            tvd.ImageFolder(str(test_dir), transform=transform, loader=load_rgb) if test_dir.is_dir() else self.val_set
-        )
+        self.test_set = image_folder(test_dir, transform) if test_dir.is_dir() else self.val_set
 
     def _predict_dataset(self) -> FileListDataset:
         if self.predict_root is None:
@@ -385,6 +371,13 @@ class ImageDataModule(L.LightningDataModule):
                         f"Images differ in size ({first[0]} is {first[1]}, {path} is {img.size}): "
                         f"set --data.image_size N to resize them all to N x N"
                     )
+
+
+def image_folder(folder: Path, transform: Callable) -> tvd.ImageFolder:
+    """``folder/<class>/<image>`` with every image loaded as RGB; other files are skipped."""
+    return tvd.ImageFolder(
+        str(folder), transform=transform, loader=load_rgb, is_valid_file=lambda p: p.lower().endswith(IMAGE_EXTENSIONS)
+    )
 
 
 def class_folders(folder: Path) -> list[str]:

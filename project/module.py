@@ -67,6 +67,11 @@ class ImageClassifier(L.LightningModule):
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
 
+    def setup(self, stage: str) -> None:
+        # Some data sets (CIFAR-100) name their classes only once their files are read in setup.
+        if (dm := getattr(self.trainer, "datamodule", None)) is not None:
+            self.class_names = list(dm.class_names)
+
     def configure_optimizers(self):
         optimizer, scheduler = build_optimization(
             self.parameters(), self.optimizer_factory, self.scheduler_factory, self.trainer.estimated_stepping_batches

@@ -201,7 +201,7 @@ class ReferenceLogger:
         self.log_dir = log_dir
         self.every = log_every_n_steps
         self.dm = datamodule
-        self.class_names = classifier.class_names
+        self.class_names = datamodule.class_names  # after setup: some data sets name classes only then
         self.image_every = classifier.log_images_every_n_epochs
         self.steps = 0
         self.epoch = 0
