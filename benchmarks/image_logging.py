@@ -25,17 +25,19 @@ from project.cli import TwinloopCLI
 
 
 class EpochTimer(Callback):
-    """Wall time of each whole epoch: training, validation and everything logged at its end."""
+    """Time of each whole epoch (training, validation and everything logged at its end): wall
+    time, or the CPU time of all this process's threads, which other processes disturb less."""
 
-    def __init__(self):
+    def __init__(self, clock):
+        self.clock = clock
         self.times: list[float] = []
         self._start = 0.0
 
     def on_train_epoch_start(self, trainer, pl_module):
-        self._start = time.perf_counter()
+        self._start = self.clock()
 
     def on_train_epoch_end(self, trainer, pl_module):
-        self.times.append(time.perf_counter() - self._start)
+        self.times.append(self.clock() - self._start)
 
 
 class PictureTimer:
@@ -67,7 +69,7 @@ class PictureTimer:
         return timed
 
 
-def epoch_times(args: list[str], images_every: int) -> list[float]:
+def epoch_times(args: list[str], images_every: int, clock=time.perf_counter) -> list[float]:
     with tempfile.TemporaryDirectory() as tmp:
         cli = TwinloopCLI(
             args=[
@@ -80,7 +82,7 @@ def epoch_times(args: list[str], images_every: int) -> list[float]:
             ],
             run=False,
         )
-        timer = EpochTimer()
+        timer = EpochTimer(clock)
         cli.trainer.callbacks.append(timer)
         cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     return timer.times
@@ -90,22 +92,38 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--clock",
+        choices=["wall", "cpu"],
+        default="wall",
+        help="epoch time as wall time, or as CPU time of the process (all threads)",
+    )
     opts, rest = parser.parse_known_args()
     rest = rest or ["-c", "configs/digits.yaml"]
     with PictureTimer() as pictures:
         direct = epoch_times(rest, images_every=1)
+    clock = time.perf_counter if opts.clock == "wall" else time.process_time
     share = pictures.total / sum(direct)  # pictures are drawn inside the epochs they belong to
-    on, off = [], []
+    on, off, ratios = [], [], []
     for repeat in range(opts.repeats):
-        # images_every=1 is the default: every validation epoch. The order alternates between
-        # repeats, and the first epoch of each run (one-off start-up costs) is left out.
+        # images_every=1 is the default: every validation epoch. Each repeat runs both back to back
+        # (order alternating) and gives one ratio, so slow drift of the machine cancels out. The
+        # first epoch of each run (one-off start-up costs) is left out.
+        times = {}
         for images_every in (1, 0) if repeat % 2 == 0 else (0, 1):
-            (on if images_every else off).extend(epoch_times(rest, images_every)[1:])
+            times[images_every] = epoch_times(rest, images_every, clock)[1:]
+        on += times[1]
+        off += times[0]
+        ratios.append(statistics.median(times[1]) / statistics.median(times[0]))
     t_on, t_off = statistics.median(on), statistics.median(off)
-    print(f"config: {' '.join(rest)}")
+    print(f"config: {' '.join(rest)}; epoch times as {opts.clock} time")
     print(f"median epoch time with images every epoch: {t_on * 1000:.1f} ms ({len(on)} epochs)")
     print(f"median epoch time without images:          {t_off * 1000:.1f} ms ({len(off)} epochs)")
-    print(f"image logging cost, A/B: {100 * (t_on / t_off - 1):+.1f}% of epoch time")
+    spread = ", ".join(f"{100 * (r - 1):+.1f}%" for r in sorted(ratios))
+    print(
+        f"image logging cost, A/B: {100 * (statistics.median(ratios) - 1):+.1f}% of epoch time "
+        f"(median of {len(ratios)} back-to-back pairs: {spread})"
+    )
     print(
         f"image logging cost, direct: {100 * share:.1f}% of the run's time "
         f"({1000 * pictures.total / len(direct):.1f} ms per epoch)"
