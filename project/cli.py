@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from jsonargparse import Namespace
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -9,14 +10,10 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from project.callbacks import LatestCheckpoint, PredictionCSV
 from project.data import ImageDataModule
 from project.errors import reported_as_exit
+from project.factory import DEFAULT_OPTIMIZER
 from project.module import ImageClassifier
 from project.monitoring import flatten_config, log_hparams
 
-# The embedded default run (configs/digits.yaml holds the same values, with reasons).
-DEFAULT_OPTIMIZER = {
-    "class_path": "torch.optim.SGD",
-    "init_args": {"lr": 0.05, "momentum": 0.9, "nesterov": True, "weight_decay": 5.0e-4},
-}
 TRAINER_DEFAULTS = {
     "max_epochs": 10,
     "log_every_n_steps": 10,
@@ -56,6 +53,15 @@ class TwinloopCLI(LightningCLI):
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
         parser.set_defaults({"lr_monitor.logging_interval": "step"})
         parser.add_lightning_class_args(PredictionCSV, "predictions")
+
+    def before_instantiate_classes(self) -> None:
+        # Logs and checkpoints go under trainer.default_root_dir when it is set, as with
+        # Lightning's own default logger, unless the logger's save_dir was set too.
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        trainer = config.trainer
+        logger = trainer.logger
+        if trainer.default_root_dir and isinstance(logger, Namespace) and logger.init_args.get("save_dir") == ".":
+            logger.init_args.save_dir = trainer.default_root_dir
 
     def _instantiate_trainer(self, config: dict, callbacks: list):
         # The checkpoint callbacks are always added; `--trainer.enable_checkpointing=false` drops them.

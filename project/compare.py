@@ -12,6 +12,7 @@ import argparse
 import json
 import math
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +32,7 @@ class Recorder:
 
     def __init__(self) -> None:
         self.losses: list[Tensor] = []  # every training batch, as the criterion returned it
+        self.loss_windows: list[int] = []  # per batch: optimizer steps done before it (its window)
         self.snapshots: list[tuple[int, dict[str, Tensor]]] = []  # (optimizer step, tensors after it)
         self.val: list[dict[str, float]] = []  # one entry per validation epoch
         self.final: dict[str, Tensor] = {}
@@ -47,6 +49,7 @@ class Recorder:
         def on_loss(module, inputs, output):
             if torch.is_grad_enabled():  # training forward; evaluation runs without grad
                 self.losses.append(output.detach().float().cpu().clone())
+                self.loss_windows.append(self.steps)
 
         def after_step(opt, args, kwargs):
             self.steps += 1
@@ -95,16 +98,18 @@ class LightningRecorder(Callback):
 
 def run_lightning(args: list[str], log_root: Path, name: str) -> Recorder:
     recorder = Recorder()
-    cli = TwinloopCLI(
-        args=[
-            *args,
-            "--trainer.devices=1",
-            f"--trainer.logger.init_args.save_dir={log_root}",
-            f"--trainer.logger.init_args.name={name}",
-            "--trainer.logger.init_args.version=lightning",
-        ],
-        run=False,
-    )
+    with warnings.catch_warnings():  # it is meant: the arguments come from this command, not sys.argv
+        warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter.*")
+        cli = TwinloopCLI(
+            args=[
+                *args,
+                "--trainer.devices=1",
+                f"--trainer.logger.init_args.save_dir={log_root}",
+                f"--trainer.logger.init_args.name={name}",
+                "--trainer.logger.init_args.version=lightning",
+            ],
+            run=False,
+        )
     cli.trainer.callbacks.append(LightningRecorder(recorder))
     cli.before_fit()
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
@@ -162,30 +167,36 @@ def compare(lit: Recorder, ref: Recorder, atol: float = 1e-6) -> Comparison:
         c.problems.append(f"training batches differ: lightning {len(lit.losses)}, reference {len(ref.losses)}")
     if lit.steps != ref.steps:
         c.problems.append(f"optimizer steps differ: lightning {lit.steps}, reference {ref.steps}")
-    first: tuple[float, str] | None = None  # (position in optimizer steps, description)
+    # Where it happened, as (window, 0 for a loss in it / 1 for the tensors after its step): the
+    # earliest position wins, so a loss that differs beats the update it feeds.
+    first: tuple[float, int, str] | None = None
+
+    def note(position: tuple[float, int], description: str) -> None:
+        nonlocal first
+        if first is None or position < first[:2]:
+            first = (*position, description)
+
     for i, (a, b) in enumerate(zip(lit.losses, ref.losses)):
         d = _maxdiff(a, b)
         c.max_loss_diff = max(c.max_loss_diff, d)
-        if d > atol and first is None:
-            first = (
-                i,
-                f"training batch {i}: loss differs by {d:.3g} (lightning {a.item():.8f}, reference {b.item():.8f})",
-            )
+        if d > atol:
+            values = f"lightning {a.item():.8f}, reference {b.item():.8f}"
+            note((lit.loss_windows[i], 0), f"training batch {i}: loss differs by {d:.3g} ({values})")
+    if [s for s, _ in lit.snapshots] != [s for s, _ in ref.snapshots]:
+        c.problems.append("per-step snapshots were taken at different steps")
     for (step, sa), (_, sb) in zip(lit.snapshots, ref.snapshots):
         for name in sa:
             d = _maxdiff(sa[name], sb[name]) if name in sb else math.inf
             c.max_step_tensor_diff = max(c.max_step_tensor_diff, d)
-            if d > atol and (first is None or step - 1 < first[0]):
-                first = (step - 1, f"optimizer step {step}: tensor {name} differs by {d:.3g}")
-                break
+            if d > atol:
+                note((step - 1, 1), f"optimizer step {step}: tensor {name} differs by {d:.3g}")
     for name, a in lit.final.items():
         d = _maxdiff(a, ref.final[name]) if name in ref.final else math.inf
         group = name.split(".")[0]
         c.max_final_diff[group] = max(c.max_final_diff.get(group, 0.0), d)
         if d > atol:
             c.problems.append(f"final {name} differs by {d:.3g}")
-            if first is None:
-                first = (math.inf, f"end of training: tensor {name} differs by {d:.3g}")
+            note((math.inf, 1), f"end of training: tensor {name} differs by {d:.3g}")
     if len(lit.val) != len(ref.val):
         c.problems.append(f"validation epochs differ: lightning {len(lit.val)}, reference {len(ref.val)}")
     c.val = list(zip(lit.val, ref.val))
@@ -197,7 +208,7 @@ def compare(lit: Recorder, ref: Recorder, atol: float = 1e-6) -> Comparison:
         c.problems.append(f"per-batch losses differ by up to {c.max_loss_diff:.3g}")
     if c.max_step_tensor_diff > atol:
         c.problems.append(f"per-step tensors differ by up to {c.max_step_tensor_diff:.3g}")
-    c.first_divergence = first[1] if first else None
+    c.first_divergence = first[2] if first else None
     return c
 
 
@@ -243,9 +254,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", help="run name (default: the config's file name)")
     parser.add_argument("--atol", type=float, default=1e-6, help="largest |Δ| still counted as equal")
     opts, rest = parser.parse_known_args(argv)
-    config = next((rest[i + 1] for i, a in enumerate(rest[:-1]) if a in ("-c", "--config")), None)
+    configs = [rest[i + 1] for i, a in enumerate(rest[:-1]) if a in ("-c", "--config")]
+    configs += [a.split("=", 1)[1] for a in rest if a.startswith("--config=")]
     root = Path(opts.root)
-    name = opts.name or unique_dir(root, Path(config).stem if config else "compare")
+    if opts.name and (root / opts.name).exists():  # two runs' events in one folder would mix
+        parser.error(f"--name {opts.name}: {root / opts.name} exists already; choose another name")
+    name = opts.name or unique_dir(root, Path(configs[-1]).stem if configs else "compare")
     with reported_as_exit():
         lit = run_lightning(rest, root, name)
         ref = run_reference(rest, root / name / "reference")

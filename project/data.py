@@ -123,6 +123,7 @@ class ImageDataModule(L.LightningDataModule):
         self.predict_set: FileListDataset | None = None
         self._stats: tuple[tuple[float, ...], tuple[float, ...]] | None = None
         self._class_names: list[str] | None = None
+        self._folder_hw: tuple[int, int] | None = None
         # One generator per loader: iterator creation and shuffling then never draw from the
         # global RNG, which dropout uses. Their states belong in a checkpoint.
         self.generators = {
@@ -183,7 +184,12 @@ class ImageDataModule(L.LightningDataModule):
                 c = self.fake_image_shape[0]
                 self._stats = ((0.5,) * c, (0.2887,) * c)  # FakeData is uniform on [0, 1]
             else:
-                self._stats = imagefolder_stats(self._imagefolder_train_files(), self._file_transform(None))
+                train = self._imagefolder_sets()[0]  # the training split only: validation stays unseen
+                samples = (
+                    [train.dataset.samples[i] for i in train.indices] if isinstance(train, Subset) else train.samples
+                )
+                train_files = [Path(path) for path, _ in samples]
+                self._stats = imagefolder_stats(train_files, self._file_transform(None, self.resize_hw))
         return self._stats
 
     # ---- Lightning hooks ----
@@ -194,7 +200,8 @@ class ImageDataModule(L.LightningDataModule):
                 download_torchvision(cls, self._download_root(), train=train, name=self.dataset)
         elif self.dataset == "imagefolder":
             # Checked here, before Lightning writes anything, so a bad folder leaves no run behind.
-            self.check_uniform_size(self._imagefolder_train_files())
+            self._imagefolder_train_dir()
+            _ = self.input_hw
 
     def setup(self, stage: str | None = None) -> None:
         if stage == "predict":
@@ -228,26 +235,33 @@ class ImageDataModule(L.LightningDataModule):
             self.train_set, self.val_set = self._split(full, split)
             self.test_set = cls(root, train=False, download=False, transform=transform)
         else:
-            self._setup_imagefolder(split)
+            self._setup_imagefolder()
 
     def _split(self, full: Dataset, generator: torch.Generator) -> list[Subset]:
         n_val = max(1, round(len(full) * self.val_fraction))
         return random_split(full, [len(full) - n_val, n_val], generator=generator)
 
-    def _setup_imagefolder(self, generator: torch.Generator) -> None:
-        transform = self._file_transform(self.normalization())
+    def _setup_imagefolder(self) -> None:
+        transform = self._file_transform(self.normalization(), self.resize_hw)
+        self.train_set, self.val_set, self.test_set = self._imagefolder_sets()
+        for subset in (self.train_set, self.val_set, self.test_set):
+            (subset.dataset if isinstance(subset, Subset) else subset).transform = transform
+
+    def _imagefolder_sets(self) -> tuple[Dataset, Dataset, Dataset]:
+        """(train, val, test) image folders without transforms: root/train + root/val as given, or
+        one root/<class> folder split with the seeded val_fraction; test is root/test or val."""
         train_dir = self._imagefolder_train_dir()
-        full = image_folder(train_dir, transform)
+        full = image_folder(train_dir)
         val_dir, test_dir = self.root / "val", self.root / "test"
         if train_dir == self.root / "train" and val_dir.is_dir():
             if class_folders(val_dir) != full.classes:
                 raise ConfigError(
                     f"Class folders differ: {val_dir} has {class_folders(val_dir)} but {train_dir} has {full.classes}"
                 )
-            self.train_set, self.val_set = full, image_folder(val_dir, transform)
+            train, val = full, image_folder(val_dir)
         else:
-            self.train_set, self.val_set = self._split(full, generator)
-        self.test_set = image_folder(test_dir, transform) if test_dir.is_dir() else self.val_set
+            train, val = self._split(full, torch.Generator().manual_seed(self.seed))
+        return train, val, image_folder(test_dir) if test_dir.is_dir() else val
 
     def _predict_dataset(self) -> FileListDataset:
         if self.predict_root is None:
@@ -260,7 +274,8 @@ class ImageDataModule(L.LightningDataModule):
                 f"data.predict_root: no images ({', '.join(IMAGE_EXTENSIONS)}) in {self.predict_root}"
             )
         # New files get what training images got: the same size, channels and normalization.
-        return FileListDataset(paths, self._file_transform(self.normalization()), gray=self.in_channels == 1)
+        transform = self._file_transform(self.normalization(), self.input_hw)
+        return FileListDataset(paths, transform, gray=self.in_channels == 1)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         # Train batches only: Lightning's trainer says which stage runs this batch.
@@ -312,16 +327,31 @@ class ImageDataModule(L.LightningDataModule):
 
     # ---- helpers ----
     @property
-    def input_size(self) -> int | None:
-        """Side of the square images the model sees; None for image folders kept at native size."""
+    def input_hw(self) -> tuple[int, int]:
+        """(H, W) of the images the model sees. Without ``image_size``, an image folder's images
+        must share one size (checked over every file under root; the error says what to set)."""
         if self.image_size is not None:
-            return self.image_size
+            return (self.image_size, self.image_size)
         if self.dataset == "fake":
-            return self.fake_image_shape[-1]
-        return {"digits": 8, "mnist": 28, "fashion_mnist": 28, "cifar10": 32, "cifar100": 32}.get(self.dataset)
+            return tuple(self.fake_image_shape[1:])
+        if self.dataset != "imagefolder":
+            side = {"digits": 8, "mnist": 28, "fashion_mnist": 28}.get(self.dataset, 32)
+            return (side, side)
+        if self._folder_hw is None:
+            self._imagefolder_train_dir()  # a clear error for a missing or empty root first
+            self._folder_hw = uniform_size(image_files(self.root))
+        return self._folder_hw
+
+    @property
+    def resize_hw(self) -> tuple[int, int] | None:
+        """What training images are resized to: only image folders with ``image_size`` set."""
+        return (self.image_size, self.image_size) if self.dataset == "imagefolder" and self.image_size else None
 
     def _padding(self) -> int:
-        return max(1, (self.input_size or 32) // 8)  # 4 px on 32 px images, as in the usual CIFAR recipe
+        # 4 px on 32 px images, as in the usual CIFAR recipe; an image folder without image_size
+        # gets 4 px too, rather than reading its files here
+        unknown = self.dataset == "imagefolder" and self.image_size is None
+        return 4 if unknown else max(1, min(self.input_hw) // 8)
 
     def _download_root(self) -> Path:
         return self.root if self.root is not None else Path("data")
@@ -330,10 +360,10 @@ class ImageDataModule(L.LightningDataModule):
         mean, std = self.normalization()
         return v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])
 
-    def _file_transform(self, stats) -> v2.Compose:
+    def _file_transform(self, stats, size: tuple[int, int] | None) -> v2.Compose:
         steps = [v2.ToImage()]
-        if self.input_size is not None:
-            steps.append(v2.Resize((self.input_size, self.input_size), antialias=True))
+        if size is not None:
+            steps.append(v2.Resize(size, antialias=True))
         steps.append(v2.ToDtype(torch.float32, scale=True))
         if stats is not None:
             steps.append(v2.Normalize(*stats))
@@ -354,30 +384,26 @@ class ImageDataModule(L.LightningDataModule):
             )
         return folder
 
-    def _imagefolder_train_files(self) -> list[Path]:
-        return image_files(self._imagefolder_train_dir())
 
-    def check_uniform_size(self, files: list[Path]) -> None:
-        """Without ``image_size`` every image must already have one size, or batches can't stack."""
-        if self.image_size is not None:
-            return
-        first = None
-        for path in files:
-            with Image.open(path) as img:
-                if first is None:
-                    first = (path, img.size)
-                elif img.size != first[1]:
-                    raise ConfigError(
-                        f"Images differ in size ({first[0]} is {first[1]}, {path} is {img.size}): "
-                        f"set --data.image_size N to resize them all to N x N"
-                    )
-
-
-def image_folder(folder: Path, transform: Callable) -> tvd.ImageFolder:
+def image_folder(folder: Path) -> tvd.ImageFolder:
     """``folder/<class>/<image>`` with every image loaded as RGB; other files are skipped."""
-    return tvd.ImageFolder(
-        str(folder), transform=transform, loader=load_rgb, is_valid_file=lambda p: p.lower().endswith(IMAGE_EXTENSIONS)
-    )
+    return tvd.ImageFolder(str(folder), loader=load_rgb, is_valid_file=lambda p: p.lower().endswith(IMAGE_EXTENSIONS))
+
+
+def uniform_size(files: list[Path]) -> tuple[int, int]:
+    """The one (H, W) of all ``files``; files of other sizes can't be batched without resizing."""
+    first = None
+    for path in files:
+        with Image.open(path) as img:
+            if first is None:
+                first = (path, img.size)
+            elif img.size != first[1]:
+                raise ConfigError(
+                    f"Images differ in size ({first[0]} is {first[1]}, {path} is {img.size}): "
+                    f"set --data.image_size N to resize them all to N x N"
+                )
+    width, height = first[1]
+    return (height, width)
 
 
 def class_folders(folder: Path) -> list[str]:
@@ -414,10 +440,10 @@ def download_torchvision(cls, root: Path, train: bool, name: str) -> None:
         f"The {name} data set is not in {root.resolve()} and could not be downloaded ({{why}}). "
         f"Copy it there, or point --data.root at a directory that holds it."
     )
-    url = cls.mirrors[0] if hasattr(cls, "mirrors") else cls.url
-    host = urlparse(url).hostname
+    url = urlparse(cls.mirrors[0] if hasattr(cls, "mirrors") else cls.url)
+    host = url.hostname
     try:  # a quick reachability probe so an offline machine fails in seconds, not minutes
-        socket.create_connection((host, 443), timeout=3).close()
+        socket.create_connection((host, url.port or (443 if url.scheme == "https" else 80)), timeout=3).close()
     except OSError as exc:
         raise DataUnavailableError(hint.format(why=f"cannot reach {host}: {exc}")) from None
     try:

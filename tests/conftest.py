@@ -64,10 +64,11 @@ def image_folder(tmp_path) -> Path:
 
 
 def _untracked_files() -> set[str] | None:
-    """Files in the repo that git neither tracks nor ignores (None outside a git checkout)."""
+    """Paths in the repo that git does not track, ignored ones included (an ignored folder such as
+    lightning_logs/ shows as one entry); None outside a git checkout."""
     try:
         out = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=all"],
+            ["git", "status", "--porcelain", "--ignored", "--untracked-files=normal"],
             cwd=REPO,
             capture_output=True,
             text=True,
@@ -75,7 +76,9 @@ def _untracked_files() -> set[str] | None:
         ).stdout
     except (OSError, subprocess.CalledProcessError):
         return None
-    return {line[3:] for line in out.splitlines() if line.startswith("??")}
+    caches = ("__pycache__", ".pytest_cache", ".ruff_cache", ".ipynb_checkpoints")
+    paths = {line[3:] for line in out.splitlines() if line[:2] in ("??", "!!")}
+    return {p for p in paths if not any(c in p for c in caches)}
 
 
 def pytest_sessionstart(session):

@@ -205,7 +205,7 @@ def test_checkpointing_can_be_turned_off():
 
 
 def test_test_stage_reports_test_metrics():
-    """twinloop test logs test/loss and test/acc (digits tests on its held-out split)."""
+    """twinloop test logs test/loss and test/acc (digits has no test split: it tests on the validation split)."""
     cli = fit()
     metrics = TwinloopCLI(
         args=["test", *FAST, "--ckpt_path", cli.trainer.checkpoint_callback.best_model_path]

@@ -119,8 +119,9 @@ def test_fake_data_has_the_configured_shape():
     assert x.shape[1:] == (3, 16, 16) and dm.num_classes == 4 and int(y.max()) < 4
 
 
-def test_augmentation_is_seeded_and_train_only():
-    """Crop+flip draws from the data module's own generator: same seed, same batch; other seed, another."""
+def test_augmentation_is_seeded():
+    """Crop+flip draws from the data module's own generator: same seed, same batch; other seed, another;
+    augment=false, the batch itself."""
     x = torch.randn(8, 3, 32, 32)
     a = ImageDataModule(dataset="fake", augment=True, seed=3).augment_batch(x)
     b = ImageDataModule(dataset="fake", augment=True, seed=3).augment_batch(x)
@@ -137,3 +138,54 @@ def test_bad_predict_root_names_the_option(tmp_path):
     dm = ImageDataModule(predict_root=str(tmp_path))
     dm.setup("predict")
     assert len(dm.predict_set) == 1
+
+
+def test_uniform_folder_without_image_size_keeps_its_size_and_resizes_new_files(tmp_path):
+    """Training images of one size need no image_size; new files of other sizes are resized to it."""
+    for c in ("a", "b"):
+        for i in range(4):
+            write_image(tmp_path / "train" / c / f"{i}.png", ord(c), (20, 12), "RGB")
+    write_image(tmp_path / "new" / "big.png", 0, (50, 40), "L")
+    write_image(tmp_path / "new" / "small.jpg", 1, (9, 7), "RGB")
+    dm = ImageDataModule(dataset="imagefolder", root=str(tmp_path / "train"), predict_root=str(tmp_path / "new"))
+    dm.prepare_data()
+    dm.setup("fit")
+    assert next(iter(dm.train_dataloader()))[0].shape[1:] == (3, 12, 20)
+    dm.setup("predict")
+    assert next(iter(dm.predict_dataloader()))[0].shape == (2, 3, 12, 20)
+
+
+def test_mixed_sizes_in_the_val_folder_are_caught_before_training(tmp_path):
+    """The size check covers root/val (and root/test), not only root/train."""
+    for split, size in (("train", (16, 16)), ("val", (16, 16)), ("val", (24, 24))):
+        write_image(tmp_path / split / "a" / f"{size[0]}.png", 0, size, "RGB")
+    with pytest.raises(ConfigError, match="--data.image_size"):
+        ImageDataModule(dataset="imagefolder", root=str(tmp_path)).prepare_data()
+
+
+def test_imagefolder_statistics_come_from_the_training_split_only(image_folder):
+    """Normalization statistics are computed from the training split's files, not the held-out ones."""
+    from pathlib import Path
+
+    from project.data import imagefolder_stats
+
+    dm = ImageDataModule(dataset="imagefolder", root=str(image_folder), image_size=16, val_fraction=0.5)
+    dm.setup("fit")
+    train_files = [Path(dm.train_set.dataset.samples[i][0]) for i in dm.train_set.indices]
+    val_files = [Path(dm.val_set.dataset.samples[i][0]) for i in dm.val_set.indices]
+    plain = dm._file_transform(None, (16, 16))
+    assert dm.normalization() == imagefolder_stats(train_files, plain)
+    assert dm.normalization() != imagefolder_stats(val_files, plain)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_augmentation_applies_to_training_batches_only(training):
+    """on_after_batch_transfer augments a batch while the trainer trains, and leaves it alone otherwise."""
+    from types import SimpleNamespace
+
+    dm = ImageDataModule(dataset="fake", augment=True)
+    dm.trainer = SimpleNamespace(training=training)
+    x, y = torch.randn(16, 3, 32, 32), torch.arange(16)
+    out, labels = dm.on_after_batch_transfer((x, y), 0)
+    assert torch.equal(labels, y)
+    assert torch.equal(out, x) is not training

@@ -195,3 +195,54 @@ def test_reference_checkpoint_validates_the_same_in_lightning():
     ref = reference.validate(reference.load_run(args), ckpt)
     lightning = TwinloopCLI(args=["validate", *FAST, "--ckpt_path", ckpt]).trainer.callback_metrics
     assert (ref["val/loss"], ref["val/acc"]) == (float(lightning["val/loss"]), float(lightning["val/acc"]))
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [["--trainer.precision=16-mixed"], ["--trainer.limit_val_batches=0"], ["--trainer.check_val_every_n_epoch=2"]],
+    ids=["16-mixed-on-cpu", "no-validation", "validate-every-2"],
+)
+def test_lightning_substitutions_and_switches(extra):
+    """16-mixed on the CPU (Lightning runs bf16-mixed), validation off, validation every 2 epochs."""
+    c = run_both([*EQUIV, *extra])
+    worst = max(c.max_loss_diff, c.max_step_tensor_diff, *c.max_final_diff.values())
+    EQUIVALENCE_RESULTS.append((extra[0], worst))
+    assert c.equivalent, compare.format_table(c)
+    assert len(c.val) == {"--trainer.limit_val_batches=0": 0, "--trainer.check_val_every_n_epoch=2": 1}.get(extra[0], 3)
+
+
+@pytest.mark.parametrize(
+    ("setting", "named"),
+    [
+        ("--checkpoint.monitor=val/loss", "checkpoint.monitor"),
+        ("--lr_monitor.logging_interval=epoch", "lr_monitor.logging_interval"),
+        ("--trainer.logger=false", "trainer.logger"),
+    ],
+)
+def test_reference_refuses_callback_and_logger_settings_it_would_ignore(setting, named):
+    """Checkpoint, LR-monitor and logger settings the reference loop doesn't mirror are refused by name."""
+    with pytest.raises(reference.ConfigError, match=named):
+        reference.load_run([setting])
+
+
+def test_both_loops_keep_the_first_of_equal_best_checkpoints():
+    """A later epoch that only ties the best val/acc does not replace the best checkpoint, in either loop."""
+    # Digits with these settings reach val/acc 0.983287 at epochs 2 and 4 (see the digits compare table).
+    args = [*FAST, "--trainer.max_epochs=5"]
+    cli = TwinloopCLI(args=["fit", *args])
+    reference.fit(reference.load_run(args), Path("ref"))
+    lightning_best = torch.load(cli.trainer.checkpoint_callback.best_model_path, weights_only=True)
+    reference_best = torch.load("ref/checkpoints/best.ckpt", weights_only=True)
+    assert cli.model.val_metrics.best_acc == pytest.approx(0.983287, abs=1e-6)
+    assert lightning_best["epoch"] == reference_best["epoch"] == 2
+
+
+def test_default_root_dir_holds_the_logs_of_both_loops():
+    """--trainer.default_root_dir moves logs and checkpoints, for Lightning and the reference loop alike."""
+    args = [*FAST, "--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.default_root_dir=out"]
+    TwinloopCLI(args=["fit", *args])
+    run = reference.load_run(args)
+    logger = reference.fit(run)
+    assert list(Path("out/lightning_logs/version_0/checkpoints").glob("*.ckpt"))
+    assert logger.log_dir == Path("out/lightning_logs/reference/version_0")
+    assert not Path("lightning_logs").exists()

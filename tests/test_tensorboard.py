@@ -86,17 +86,29 @@ def test_confusion_matrix_png_counts_the_validation_set(pair):
     assert json.loads(png.text["class_names"]) == DIGITS
 
 
-def test_reference_logs_the_same_tags_and_values(pair):
-    """The reference run carries the same tags, and every scalar agrees within the equivalence tolerance."""
-    lit, ref = events(pair[0] / "lightning"), events(pair[0] / "reference")
+@pytest.fixture(scope="module")
+def accumulated_pair(tmp_path_factory):
+    """A pair with gradient accumulation and a log every 2 steps: LR logged on every micro-batch."""
+    root = tmp_path_factory.mktemp("tb-acc")
+    args = [*RUN, "--trainer.max_epochs=1", "--trainer.accumulate_grad_batches=3", "--trainer.log_every_n_steps=2"]
+    compare.run_lightning(args, root, "digits")
+    compare.run_reference(args, root / "digits" / "reference")
+    return root / "digits", None, None
+
+
+@pytest.mark.parametrize("runs", ["pair", "accumulated_pair"])
+def test_reference_logs_the_same_tags_and_values(runs, request):
+    """The reference run logs the same events: same tags, same (step, value) sequences within 1e-6."""
+    root = request.getfixturevalue(runs)[0]
+    lit, ref = events(root / "lightning"), events(root / "reference")
     assert set(lit.Tags()["scalars"]) == set(ref.Tags()["scalars"])
     assert set(ref.Tags()["images"]) >= IMAGE_TAGS
     for tag in lit.Tags()["scalars"]:
-        a = {e.step: e.value for e in lit.Scalars(tag)}
-        b = {e.step: e.value for e in ref.Scalars(tag)}
-        assert a.keys() == b.keys(), tag
-        for step in a:
-            assert abs(a[step] - b[step]) <= 1e-6, (tag, step, a[step], b[step])
+        a = [(e.step, e.value) for e in lit.Scalars(tag)]
+        b = [(e.step, e.value) for e in ref.Scalars(tag)]
+        assert [step for step, _ in a] == [step for step, _ in b], tag
+        for (step, x), (_, y) in zip(a, b):
+            assert abs(x - y) <= 1e-6, (tag, step, x, y)
 
 
 def free_port() -> int:

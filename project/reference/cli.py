@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -79,21 +80,14 @@ class TrainerSettings:
     limit_train_batches: int | float = 1.0
     limit_val_batches: int | float = 1.0
     check_val_every_n_epoch: int = 1
-    deterministic: bool = False
+    deterministic: bool | str = False  # True, False or "warn"
     log_every_n_steps: int = 50
     default_root_dir: str | None = None
     enable_progress_bar: bool = True
     enable_checkpointing: bool = True
 
     @classmethod
-    def from_config(cls, trainer: dict, defaults: dict) -> TrainerSettings:
-        unsupported = sorted(k for k, v in trainer.items() if k not in HONOURED_TRAINER_KEYS and v != defaults.get(k))
-        if unsupported:
-            raise ConfigError(
-                "The reference loop does not implement these trainer settings, so it cannot match Lightning: "
-                + ", ".join(f"trainer.{k}={trainer[k]!r}" for k in unsupported)
-                + ". Remove them from the config to compare."
-            )
+    def from_config(cls, trainer: dict) -> TrainerSettings:
         accelerator = str(trainer.get("accelerator") or "auto")
         if accelerator == "auto":
             accelerator = "cuda" if torch.cuda.is_available() else "cpu"
@@ -110,6 +104,10 @@ class TrainerSettings:
         precision = PRECISIONS.get(str(trainer.get("precision") or "32-true"))
         if precision is None:
             raise ConfigError(f"trainer.precision={trainer.get('precision')!r}: use 32-true, bf16-mixed or 16-mixed")
+        if precision == "16-mixed" and accelerator == "cpu":
+            # Lightning's own substitution: CPUs have no fp16 autocast worth the name.
+            warnings.warn("16-mixed is not supported on the CPU; using bf16-mixed, as Lightning does", stacklevel=2)
+            precision = "bf16-mixed"
         max_epochs = trainer.get("max_epochs")
         clip_val = trainer.get("gradient_clip_val")
         return cls(
@@ -122,7 +120,7 @@ class TrainerSettings:
             limit_train_batches=_limit(trainer.get("limit_train_batches")),
             limit_val_batches=_limit(trainer.get("limit_val_batches")),
             check_val_every_n_epoch=int(trainer.get("check_val_every_n_epoch") or 1),
-            deterministic=bool(trainer.get("deterministic")),
+            deterministic=trainer.get("deterministic") or False,
             log_every_n_steps=50 if trainer.get("log_every_n_steps") is None else int(trainer["log_every_n_steps"]),
             default_root_dir=trainer.get("default_root_dir"),
             enable_progress_bar=trainer.get("enable_progress_bar") is not False,
@@ -155,24 +153,46 @@ class ReferenceRun:
     logger_name: str = "lightning_logs"
 
 
+# Config groups that configure Lightning callbacks the reference loop mirrors only at their defaults.
+CALLBACK_GROUPS = ("checkpoint", "last_checkpoint", "lr_monitor")
+
+
+def refuse_unsupported(config: dict, defaults: dict) -> None:
+    """Refuse every setting the reference loop would otherwise ignore, naming it."""
+    unsupported = [
+        f"trainer.{k}={v!r}"
+        for k, v in config["trainer"].items()
+        if k not in HONOURED_TRAINER_KEYS and v != defaults["trainer"].get(k)
+    ]
+    for group in CALLBACK_GROUPS:
+        unsupported += [f"{group}.{k}={v!r}" for k, v in config[group].items() if v != defaults[group].get(k)]
+    logger = config["trainer"].get("logger")
+    if not (isinstance(logger, dict) and logger.get("class_path", "").endswith("TensorBoardLogger")):
+        unsupported.append(f"trainer.logger={logger!r} (the reference loop logs to TensorBoard)")
+    if unsupported:
+        raise ConfigError(
+            "The reference loop does not implement these settings, so it cannot match Lightning: "
+            + ", ".join(sorted(unsupported))
+            + ". Remove them from the config to compare."
+        )
+
+
 def load_run(args: list[str]) -> ReferenceRun:
     """Parse ``-c CONFIG`` and overrides like ``twinloop`` does (seeding included), and build the parts."""
-    cli = _NoTrainerCLI(args=args, run=False)
+    with warnings.catch_warnings():  # it is meant: the arguments come from this command, not sys.argv
+        warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter.*")
+        cli = _NoTrainerCLI(args=args, run=False)
     config = cli.config.as_dict()
-    defaults = cli.parser.get_defaults().as_dict()["trainer"]
-    settings = TrainerSettings.from_config(config["trainer"], defaults)
-    logger = config["trainer"].get("logger")
-    save_dir, name = settings.default_root_dir or ".", "lightning_logs"
-    if isinstance(logger, dict):
-        init = logger.get("init_args", {})
-        save_dir, name = init.get("save_dir", save_dir), init.get("name", name) or ""
-    return ReferenceRun(cli.model, cli.datamodule, settings, config, save_dir, name)
+    refuse_unsupported(config, cli.parser.get_defaults().as_dict())
+    settings = TrainerSettings.from_config(config["trainer"])
+    logger = config["trainer"]["logger"]["init_args"]
+    return ReferenceRun(cli.model, cli.datamodule, settings, config, logger["save_dir"], logger.get("name") or "")
 
 
 def configure_determinism(settings: TrainerSettings) -> None:
     if settings.deterministic:  # what Trainer(deterministic=True) switches on
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
+        torch.use_deterministic_algorithms(True, warn_only=settings.deterministic == "warn")
         torch.backends.cudnn.benchmark = False
 
 
@@ -205,25 +225,24 @@ class ReferenceLogger:
         self.image_every = classifier.log_images_every_n_epochs
         self.steps = 0
         self.epoch = 0
-        self._lr_before_step: dict[str, float] = {}
+        self._input_grid_logged = False
 
     def watch(self, net: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
-        """Hooks (not loop code) for what Lightning's callbacks log: the LR used by each step and
-        the first augmented training batch."""
+        """Hooks (not loop code) for what Lightning's callbacks log at the start of each training
+        batch: the learning rate (LearningRateMonitor, on logging steps, without an epoch
+        scalar) and, once, the augmented inputs."""
         tag = f"lr-{type(optimizer).__name__}"
 
-        def before_step(opt, args, kwargs):
-            self._lr_before_step = {tag: opt.param_groups[0]["lr"]}
+        def batch_start(module, inputs):
+            if not module.training:
+                return
+            if not self._input_grid_logged:
+                self.writer.add_image("train/inputs", monitoring.input_grid(inputs[0], self.dm.mean, self.dm.std), 0)
+                self._input_grid_logged = True
+            if self.every > 0 and (self.steps + 1) % self.every == 0:
+                self.writer.add_scalar(tag, optimizer.param_groups[0]["lr"], self.steps)
 
-        optimizer.register_step_pre_hook(before_step)
-
-        def first_input(module, inputs):
-            if module.training:
-                grid = monitoring.input_grid(inputs[0], self.dm.mean, self.dm.std)
-                self.writer.add_image("train/inputs", grid, self.steps)
-                handle.remove()
-
-        handle = net.register_forward_pre_hook(first_input)
+        net.register_forward_pre_hook(batch_start)
 
     def log_hparams(self, config: dict) -> None:
         monitoring.log_hparams(self.writer, monitoring.flatten_config(config))
@@ -231,7 +250,7 @@ class ReferenceLogger:
     def on_step(self, loss: torch.Tensor) -> None:
         k = self.steps
         if self.every > 0 and (k + 1) % self.every == 0:
-            self._scalars({"train/loss": loss, **self._lr_before_step}, k)
+            self._scalars({"train/loss": loss}, k)
         self.steps += 1
 
     def on_epoch_end(self, epoch: int, train: dict, val: dict | None, val_metrics: StageMetrics) -> None:
@@ -300,6 +319,7 @@ def fit(run: ReferenceRun, log_dir: Path | None = None, recorder=None) -> Refere
     ckpt_dir = log_dir / "checkpoints"
 
     def on_epoch_end(epoch, train_results, val_results):
+        previous_best = val_metrics.best_acc
         logger.on_epoch_end(epoch, train_results, val_results, val_metrics)
         if recorder is not None and val_results is not None:
             recorder.on_validation(val_results)
@@ -309,7 +329,8 @@ def fit(run: ReferenceRun, log_dir: Path | None = None, recorder=None) -> Refere
             ckpt_dir.mkdir(parents=True, exist_ok=True)
             state = checkpoint_dict(net, optimizer, scheduler, epoch, logger.steps, val_metrics.best_acc)
             torch.save(state, ckpt_dir / "last.ckpt")
-            if val_results is not None and float(val_results["val/acc"]) == val_metrics.best_acc:
+            # like ModelCheckpoint(mode="max"): only a strict improvement replaces the best
+            if val_results is not None and (previous_best is None or val_metrics.best_acc > previous_best):
                 torch.save(state, ckpt_dir / "best.ckpt")
         logger.epoch = epoch + 1
 

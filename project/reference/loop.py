@@ -156,7 +156,8 @@ def fit(
             **train_kwargs,
         )
         val_results = None
-        if (epoch + 1) % check_val_every_n_epoch == 0:
+        # limit_val_batches=0 turns validation off, as in Lightning
+        if (epoch + 1) % check_val_every_n_epoch == 0 and num_batches(val_loader, limit_val_batches) > 0:
             val_results = evaluate(
                 model, val_loader, criterion, device, val_metrics, precision=precision, limit_batches=limit_val_batches
             )
