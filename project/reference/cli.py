@@ -40,7 +40,7 @@ HONOURED_TRAINER_KEYS = {
     "limit_train_batches",
     "limit_val_batches",
     "check_val_every_n_epoch",
-    "default_root_dir",
+    "default_root_dir",  # through the logger's save_dir, which the CLI sets from it
     "deterministic",
     "log_every_n_steps",
     # no effect on the numbers: the sanity pass runs under isolate_rng, bars and summaries only print
@@ -82,7 +82,6 @@ class TrainerSettings:
     check_val_every_n_epoch: int = 1
     deterministic: bool | str = False  # True, False or "warn"
     log_every_n_steps: int = 50
-    default_root_dir: str | None = None
     enable_progress_bar: bool = True
     enable_checkpointing: bool = True
 
@@ -122,7 +121,6 @@ class TrainerSettings:
             check_val_every_n_epoch=int(trainer.get("check_val_every_n_epoch") or 1),
             deterministic=trainer.get("deterministic") or False,
             log_every_n_steps=50 if trainer.get("log_every_n_steps") is None else int(trainer["log_every_n_steps"]),
-            default_root_dir=trainer.get("default_root_dir"),
             enable_progress_bar=trainer.get("enable_progress_bar") is not False,
             enable_checkpointing=trainer.get("enable_checkpointing") is not False,
         )
