@@ -76,3 +76,11 @@ class StageMetrics(nn.Module):
             self.per_class.reset()
             self.confusion.reset()
         self.misclassified = []
+
+
+def build_stage_metrics(stage: str, num_classes: int, num_misclassified_images: int = 16) -> StageMetrics:
+    """The metrics of one stage, the same for both loops: validation keeps the detailed ones
+    (per-class accuracy, confusion matrix, misclassified images) that TensorBoard shows."""
+    if stage == "val":
+        return StageMetrics(stage, num_classes, detailed=True, keep_misclassified=num_misclassified_images)
+    return StageMetrics(stage, num_classes)

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from project import monitoring
 from project.factory import build_criterion, build_optimization, default_optimizer
-from project.metrics import StageMetrics
+from project.metrics import StageMetrics, build_stage_metrics
 from project.models import build_network
 
 
@@ -59,9 +59,9 @@ class ImageClassifier(L.LightningModule):
         self.scheduler_interval = scheduler_interval
         self.class_names = class_names or [str(i) for i in range(num_classes)]
         self.log_images_every_n_epochs = log_images_every_n_epochs
-        self.train_metrics = StageMetrics("train", num_classes)
-        self.val_metrics = StageMetrics("val", num_classes, detailed=True, keep_misclassified=num_misclassified_images)
-        self.test_metrics = StageMetrics("test", num_classes)
+        self.train_metrics, self.val_metrics, self.test_metrics = (
+            build_stage_metrics(stage, num_classes, num_misclassified_images) for stage in ("train", "val", "test")
+        )
         self._input_grid_logged = False
 
     def forward(self, x: Tensor) -> Tensor:

@@ -23,7 +23,7 @@ from project.cli import TwinloopCLI
 from project.data import ImageDataModule
 from project.errors import ConfigError, reported_as_exit
 from project.factory import build_optimization, stepping_batches
-from project.metrics import StageMetrics
+from project.metrics import StageMetrics, build_stage_metrics
 from project.module import ImageClassifier
 from project.reference import loop
 
@@ -301,11 +301,11 @@ def fit(run: ReferenceRun, log_dir: Path | None = None, recorder=None) -> Refere
     optimizer, scheduler = build_optimization(
         net.parameters(), classifier.optimizer_factory, classifier.scheduler_factory, total_steps
     )
-    num_classes = classifier.hparams.num_classes
-    train_metrics = StageMetrics("train", num_classes).to(s.device)
-    val_metrics = StageMetrics(
-        "val", num_classes, detailed=True, keep_misclassified=classifier.hparams.num_misclassified_images
-    ).to(s.device)
+    hp = classifier.hparams
+    train_metrics, val_metrics = (
+        build_stage_metrics(stage, hp.num_classes, hp.num_misclassified_images).to(s.device)
+        for stage in ("train", "val")
+    )
     scaler = torch.amp.GradScaler(s.device.type) if s.precision == "16-mixed" else None
 
     log_dir = log_dir or next_version_dir(Path(run.logger_save_dir) / run.logger_name / "reference")
@@ -383,7 +383,7 @@ def validate(run: ReferenceRun, ckpt_path: str | None) -> dict[str, float]:
         load_weights(classifier.net, ckpt_path)
     dm.prepare_data()
     dm.setup("validate")
-    metrics = StageMetrics("val", classifier.hparams.num_classes).to(s.device)
+    metrics = build_stage_metrics("val", classifier.hparams.num_classes).to(s.device)
     classifier.net.to(s.device)
     results = loop.evaluate(
         classifier.net,
