@@ -15,6 +15,14 @@ class DataUnavailableError(RuntimeError):
     """The data set is neither on disk nor downloadable; the message says what to do."""
 
 
+class UserPathError(RuntimeError):
+    """A path the user named (data root, predict folder, checkpoint) is missing or holds nothing usable.
+
+    Only these become one-line errors: a ``FileNotFoundError`` raised anywhere else is a bug and
+    keeps its traceback.
+    """
+
+
 @contextmanager
 def reported_as_exit() -> Iterator[None]:
     """Turn user-fixable errors into ``error: ...`` on stderr and an exit status: 2 for a bad
@@ -24,6 +32,6 @@ def reported_as_exit() -> Iterator[None]:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
-    except (DataUnavailableError, FileNotFoundError) as exc:
+    except (DataUnavailableError, UserPathError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)

@@ -5,8 +5,8 @@ import torch
 from PIL import Image
 
 from project.data import DataUnavailableError, ImageDataModule, load_rgb
-from project.errors import ConfigError
-from tests.conftest import write_image
+from project.errors import ConfigError, UserPathError
+from tests.helpers import write_image
 
 
 def test_digits_split_is_seeded_and_complete():
@@ -89,7 +89,7 @@ def test_imagefolder_mixed_sizes_without_image_size_is_a_clear_error(image_folde
 def test_imagefolder_missing_root_names_the_directory(tmp_path):
     """A wrong root is named in the error."""
     dm = ImageDataModule(dataset="imagefolder", root=str(tmp_path / "nope"))
-    with pytest.raises(FileNotFoundError, match="nope"):
+    with pytest.raises(UserPathError, match="nope"):
         dm.prepare_data()
 
 
@@ -167,13 +167,13 @@ def test_imagefolder_statistics_come_from_the_training_split_only(image_folder):
     """Normalization statistics are computed from the training split's files, not the held-out ones."""
     from pathlib import Path
 
-    from project.data import imagefolder_stats
+    from project.data import image_transform, imagefolder_stats
 
     dm = ImageDataModule(dataset="imagefolder", root=str(image_folder), image_size=16, val_fraction=0.5)
     dm.setup("fit")
     train_files = [Path(dm.train_set.dataset.samples[i][0]) for i in dm.train_set.indices]
     val_files = [Path(dm.val_set.dataset.samples[i][0]) for i in dm.val_set.indices]
-    plain = dm._file_transform(None, (16, 16))
+    plain = image_transform(None, (16, 16))
     assert dm.normalization() == imagefolder_stats(train_files, plain)
     assert dm.normalization() != imagefolder_stats(val_files, plain)
 

@@ -1,0 +1,198 @@
+"""The LightningDataModule: splits, batches and seeds whatever data set its source describes.
+
+Downloads happen only in ``prepare_data``; splits happen in ``setup`` with a seeded generator.
+Every DataLoader gets its own seeded generator, so shuffling never touches the global RNG and
+both loops see the same order.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from project.augment import RandomCropFlip
+from project.data.new_images import FileListDataset, new_images
+from project.data.registry import DatasetName, build_source
+from project.data.source import SourceOptions
+from project.data.split import seeded_split
+from project.data.transforms import Stats
+from project.errors import ConfigError
+
+
+class ImageDataModule(L.LightningDataModule):
+    """Named image-classification data sets, split and shuffled reproducibly.
+
+    Args:
+        dataset: digits | mnist | fashion_mnist | cifar10 | cifar100 | imagefolder | fake.
+        root: data directory; downloads go here, and ``imagefolder`` reads
+            ``root/train/<class>/*`` + ``root/val/<class>/*`` or ``root/<class>/*``.
+        batch_size: images per batch, for every stage.
+        val_fraction: held out with a seeded split when the data set has no validation split.
+        image_size: resize to this square size (file images); null keeps the native size.
+        augment: random crop with padding + horizontal flip, on train batches only.
+        num_workers: DataLoader worker processes.
+        seed: seeds the split, the shuffling and the augmentation (the CLI links it to
+            ``seed_everything``).
+        predict_root: folder of new images for ``predict`` (any layout).
+        fake_size: number of images for ``fake``.
+        fake_image_shape: (C, H, W) of ``fake`` images.
+        fake_num_classes: classes of ``fake``.
+    """
+
+    def __init__(
+        self,
+        dataset: DatasetName = "digits",
+        root: str | None = None,
+        batch_size: int = 64,
+        val_fraction: float = 0.2,
+        image_size: int | None = None,
+        augment: bool = False,
+        num_workers: int = 0,
+        seed: int = 42,
+        predict_root: str | None = None,
+        fake_size: int = 1000,
+        fake_image_shape: tuple[int, int, int] = (3, 32, 32),
+        fake_num_classes: int = 10,
+    ):
+        super().__init__()
+        if not 0.0 < val_fraction < 1.0:
+            raise ConfigError(f"data.val_fraction must be between 0 and 1, got {val_fraction}")
+        if batch_size < 1:
+            raise ConfigError(f"data.batch_size must be at least 1, got {batch_size}")
+        self.dataset = dataset
+        self.root = Path(root) if root is not None else None
+        self.batch_size = batch_size
+        self.val_fraction = val_fraction
+        self.image_size = image_size
+        self.augment = augment
+        self.num_workers = num_workers
+        self.seed = seed
+        self.predict_root = Path(predict_root) if predict_root is not None else None
+        self.fake_size = fake_size
+        self.fake_image_shape = tuple(fake_image_shape)
+        self.fake_num_classes = fake_num_classes
+        options = SourceOptions(
+            self.root, image_size, val_fraction, seed, fake_size, self.fake_image_shape, fake_num_classes
+        )
+        self.source = build_source(dataset, options)  # stores arguments only: no file is read yet
+        self.train_set: Dataset | None = None
+        self.val_set: Dataset | None = None
+        self.test_set: Dataset | None = None
+        self.predict_set: FileListDataset | None = None
+        # One generator per loader: iterator creation and shuffling then never draw from the
+        # global RNG, which dropout uses. Their states belong in a checkpoint.
+        self.generators = {
+            s: torch.Generator().manual_seed(seed + i) for i, s in enumerate(("train", "val", "test", "predict"))
+        }
+        self.augmenter = RandomCropFlip(padding=self._padding(), seed=seed + 10) if augment else None
+
+    # ---- facts the model is linked to, all from the source ----
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def in_channels(self) -> int:
+        return self.source.channels
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.source.class_names
+
+    @property
+    def mean(self) -> tuple[float, ...]:
+        return self.normalization()[0]
+
+    @property
+    def std(self) -> tuple[float, ...]:
+        return self.normalization()[1]
+
+    def normalization(self) -> Stats:
+        return self.source.normalization()
+
+    @property
+    def input_hw(self) -> tuple[int, int]:
+        """(H, W) of the images the model sees. Without ``image_size``, an image folder's images
+        must share one size (checked over every file under root; the error says what to set)."""
+        return self.source.input_hw
+
+    @property
+    def resize_hw(self) -> tuple[int, int] | None:
+        """What training images are resized to: only image folders with ``image_size`` set."""
+        return self.source.resize_hw
+
+    # ---- Lightning hooks ----
+    def prepare_data(self) -> None:
+        self.source.prepare()
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage == "predict":
+            self.predict_set = new_images(self.predict_root, self.source)
+            return
+        if self.train_set is not None:
+            return
+        full, own_val = self.source.full_train(), self.source.own_val()
+        if own_val is not None:
+            self.train_set, self.val_set = full, own_val
+        else:
+            self.train_set, self.val_set = seeded_split(full, self.val_fraction, self.seed)
+        own_test = self.source.own_test()
+        self.test_set = own_test if own_test is not None else self.val_set
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        # Train batches only: Lightning's trainer says which stage runs this batch.
+        if self.augmenter is not None and self.trainer is not None and self.trainer.training:
+            x, y = batch
+            return self.augment_batch(x), y
+        return batch
+
+    def augment_batch(self, x: Tensor) -> Tensor:
+        return self.augmenter(x) if self.augmenter is not None else x
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, "train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, "val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, "test")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.predict_set, "predict")
+
+    def _loader(self, dataset: Dataset | None, stage: str, shuffle: bool = False) -> DataLoader:
+        if dataset is None:
+            raise RuntimeError(f"{stage} data is not set up: call setup() first")
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+            generator=self.generators[stage],
+        )
+
+    def state_dict(self) -> dict:
+        state = {f"generator.{k}": g.get_state() for k, g in self.generators.items()}
+        if self.augmenter is not None:
+            state["augmenter"] = self.augmenter.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        for k, g in self.generators.items():
+            if f"generator.{k}" in state:
+                g.set_state(state[f"generator.{k}"])
+        if self.augmenter is not None and "augmenter" in state:
+            self.augmenter.load_state_dict(state["augmenter"])
+
+    def _padding(self) -> int:
+        # 4 px on 32 px images, as in the usual CIFAR recipe; an image folder without image_size
+        # gets 4 px too, rather than reading its files here
+        hw = self.source.declared_hw
+        return 4 if hw is None else max(1, min(hw) // 8)

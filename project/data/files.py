@@ -1,0 +1,45 @@
+"""Image files on disk: finding them, opening any of them as RGB, and checking they share one size."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PIL import Image
+
+from project.errors import ConfigError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+def load_rgb(path: str) -> Image.Image:
+    """Open any PNG/JPEG (grayscale, RGB, RGBA, palette) as RGB; transparency goes through RGBA."""
+    with Image.open(path) as img:
+        if img.mode in ("P", "PA", "LA", "RGBA") or "transparency" in img.info:
+            img = img.convert("RGBA")
+        return img.convert("RGB")
+
+
+def image_files(folder: Path) -> list[Path]:
+    """Every image file under ``folder``, at any depth, in sorted order."""
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+
+
+def class_folders(folder: Path) -> list[str]:
+    """Names of the subfolders of ``folder`` that hold at least one image, sorted."""
+    return sorted(d.name for d in folder.iterdir() if d.is_dir() and any(image_files(d)))
+
+
+def uniform_size(files: list[Path]) -> tuple[int, int]:
+    """The one (H, W) of all ``files``; files of other sizes can't be batched without resizing."""
+    first = None
+    for path in files:
+        with Image.open(path) as img:
+            if first is None:
+                first = (path, img.size)
+            elif img.size != first[1]:
+                raise ConfigError(
+                    f"Images differ in size ({first[0]} is {first[1]}, {path} is {img.size}): "
+                    f"set --data.image_size N to resize them all to N x N"
+                )
+    width, height = first[1]
+    return (height, width)

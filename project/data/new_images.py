@@ -1,0 +1,45 @@
+"""New images for ``predict``: any files under a folder, made to look like the training images."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from project.data.files import IMAGE_EXTENSIONS, image_files, load_rgb
+from project.data.source import DataSource
+from project.data.transforms import image_transform
+from project.errors import ConfigError, UserPathError
+
+
+class FileListDataset(Dataset):
+    """Unlabelled images for prediction; yields ``(image, index)`` so rows map back to paths."""
+
+    def __init__(self, paths: list[Path], transform: Callable, gray: bool = False):
+        self.paths = paths
+        self.transform = transform
+        self.gray = gray  # for models trained on 1-channel data sets
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int]:
+        image = load_rgb(str(self.paths[i]))
+        return self.transform(image.convert("L") if self.gray else image), i
+
+
+def new_images(folder: Path | None, source: DataSource) -> FileListDataset:
+    """Every image under ``folder``, resized, converted and normalized as ``source``'s training images are."""
+    if folder is None:
+        raise ConfigError("predict needs a folder of images: pass --data.predict_root DIR")
+    if not folder.is_dir():
+        raise UserPathError(f"data.predict_root: no such directory: {folder}")
+    paths = image_files(folder)
+    if not paths:
+        raise UserPathError(f"data.predict_root: no images ({', '.join(IMAGE_EXTENSIONS)}) in {folder}")
+    # The model's input size, not resize_hw: an image folder of one native size has no resize_hw,
+    # but new files of other sizes must still come out at that size.
+    transform = image_transform(source.normalization(), source.input_hw)
+    return FileListDataset(paths, transform, gray=source.channels == 1)

@@ -1,0 +1,32 @@
+"""Every data set by its ``data.dataset`` name: a new one is its own source file plus its name twice here."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from project.data.digits import DigitsData
+from project.data.fake import FakeData
+from project.data.image_folders import ImageFolderData
+from project.data.source import DataSource, SourceOptions
+from project.data.torchvision_sets import CIFAR10Data, CIFAR100Data, FashionMNISTData, MNISTData
+from project.errors import ConfigError
+
+# Spelt out rather than built from SOURCES: the CLI's schema needs the names statically.
+DatasetName = Literal["digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "imagefolder", "fake"]
+
+SOURCES: dict[str, type[DataSource]] = {
+    "digits": DigitsData,
+    "mnist": MNISTData,
+    "fashion_mnist": FashionMNISTData,
+    "cifar10": CIFAR10Data,
+    "cifar100": CIFAR100Data,
+    "imagefolder": ImageFolderData,
+    "fake": FakeData,
+}
+
+
+def build_source(name: str, options: SourceOptions) -> DataSource:
+    """The source for a ``data.dataset`` name."""
+    if name not in SOURCES:
+        raise ConfigError(f"data.dataset: unknown data set {name!r}; choose one of {', '.join(SOURCES)}")
+    return SOURCES[name].from_options(options)

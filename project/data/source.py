@@ -1,0 +1,77 @@
+"""The one interface every data set implements: its facts, and the datasets the data module splits and batches."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+
+from torch.utils.data import Dataset
+
+from project.data.transforms import Stats
+
+
+@dataclass(frozen=True)
+class SourceOptions:
+    """The data module's arguments that sources read; each source takes the ones it needs."""
+
+    root: Path | None
+    image_size: int | None
+    val_fraction: float
+    seed: int
+    fake_size: int
+    fake_image_shape: tuple[int, int, int]
+    fake_num_classes: int
+
+
+class DataSource(ABC):
+    """One data set: channels, classes, size and statistics, and its normalized datasets.
+
+    ``__init__`` only stores arguments: files are read when a fact or a dataset is asked for.
+    """
+
+    channels: int  # of the tensors the model gets
+
+    @classmethod
+    @abstractmethod
+    def from_options(cls, options: SourceOptions) -> DataSource:
+        """This source, built from the data module's arguments."""
+
+    @property
+    @abstractmethod
+    def class_names(self) -> list[str]:
+        """One name per class, in label order."""
+
+    @property
+    @abstractmethod
+    def input_hw(self) -> tuple[int, int]:
+        """(H, W) of the images the model sees."""
+
+    @property
+    def declared_hw(self) -> tuple[int, int] | None:
+        """``input_hw`` when it is known without reading a file; None when only the files can tell."""
+        return self.input_hw
+
+    @property
+    def resize_hw(self) -> tuple[int, int] | None:
+        """What training images are resized to; None keeps their own size."""
+        return None
+
+    def prepare(self) -> None:  # noqa: B027 - most data sets have nothing to fetch or check
+        """Download or check the data; runs before any run directory exists."""
+
+    @abstractmethod
+    def normalization(self) -> Stats:
+        """Per-channel (mean, std) that the datasets are normalized with."""
+
+    @abstractmethod
+    def full_train(self) -> Dataset:
+        """Every labelled training image, normalized; split by the data module when there is no ``own_val``."""
+
+    def own_val(self) -> Dataset | None:
+        """The data set's own validation images, or None to hold out part of ``full_train``."""
+        return None
+
+    def own_test(self) -> Dataset | None:
+        """The data set's own test images, or None to test on the validation images."""
+        return None
