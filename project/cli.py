@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from jsonargparse import Namespace
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -9,17 +11,17 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from project.callbacks import LatestCheckpoint, PredictionCSV
 from project.data import ImageDataModule
-from project.errors import reported_as_exit
+from project.errors import UserPathError, reported_as_exit
 from project.factory import DEFAULT_OPTIMIZER
 from project.module import ImageClassifier
-from project.monitoring import flatten_config, log_hparams
+from project.monitoring import log_hparams, run_hparams
 
 TRAINER_DEFAULTS = {
     "max_epochs": 10,
     "log_every_n_steps": 10,
     "logger": {
         "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-        # hp_metric is logged by the model as the best val/acc, with the whole config as hparams
+        # the HPARAMS tab gets the settings that shape a result and val/acc, val/loss, val/acc_best
         "init_args": {"save_dir": ".", "name": "lightning_logs", "default_hp_metric": False},
     },
 }
@@ -55,23 +57,24 @@ class TwinloopCLI(LightningCLI):
         parser.add_lightning_class_args(PredictionCSV, "predictions")
 
     def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        check_ckpt_path(config.get("ckpt_path"))
         # Logs and checkpoints go under trainer.default_root_dir when it is set, as with
         # Lightning's own default logger, unless the logger's save_dir was set too.
-        config = self.config[self.subcommand] if self.subcommand else self.config
         trainer = config.trainer
         logger = trainer.logger
         if trainer.default_root_dir and isinstance(logger, Namespace) and logger.init_args.get("save_dir") == ".":
             logger.init_args.save_dir = trainer.default_root_dir
 
     def _instantiate_trainer(self, config: dict, callbacks: list):
-        # The checkpoint callbacks are always added; `--trainer.enable_checkpointing=false` drops them.
+        """LightningCLI's one place to change the callbacks it gives the Trainer (private API;
+        ``tests/test_cli.py`` fails if it changes): the checkpoint callbacks are always added from
+        the config, so `--trainer.enable_checkpointing=false` drops them here, and the run's
+        settings go to the HPARAMS tab."""
         if config.get("enable_checkpointing") is False:
             callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
-        return super()._instantiate_trainer(config, callbacks)
-
-    def before_fit(self) -> None:
-        config = self.config[self.subcommand] if self.subcommand else self.config
-        self.trainer.callbacks.append(RunConfigLogger(config.as_dict()))
+        run_config = self.config[self.subcommand] if self.subcommand else self.config
+        return super()._instantiate_trainer(config, [*callbacks, RunConfigLogger(run_config.as_dict())])
 
     def after_fit(self) -> None:
         ckpt = self.trainer.checkpoint_callback
@@ -88,8 +91,18 @@ def data_seed(seed_everything: int | bool) -> int:
     return seed_everything if not isinstance(seed_everything, bool) else 42
 
 
+def check_ckpt_path(ckpt_path: str | None) -> None:
+    """A checkpoint file the user named must exist; Lightning's own names (last, best, ...) and
+    remote or registry paths are Lightning's to resolve."""
+    if not ckpt_path or ckpt_path in ("last", "best", "hpc") or "://" in ckpt_path or ckpt_path.startswith("registry"):
+        return
+    if not Path(ckpt_path).is_file():
+        raise UserPathError(f"--ckpt_path: no such file: {ckpt_path}")
+
+
 class RunConfigLogger(Callback):
-    """The flattened run config into TensorBoard's HPARAMS tab, with hp_metric as its metric.
+    """The settings that shape a result into TensorBoard's HPARAMS tab, with val/acc, val/loss and
+    val/acc_best as its metrics (the full config is in the run's config.yaml).
 
     Logged when training starts, after the data is prepared: a run that fails on missing data
     leaves no log directory behind.
@@ -100,7 +113,7 @@ class RunConfigLogger(Callback):
 
     def on_train_start(self, trainer, pl_module) -> None:
         if isinstance(trainer.logger, TensorBoardLogger) and trainer.is_global_zero:
-            log_hparams(trainer.logger.experiment, flatten_config(self.config))
+            log_hparams(trainer.logger.experiment, run_hparams(self.config))
 
 
 def main(args: list[str] | None = None) -> None:

@@ -43,13 +43,16 @@ def build_optimization(
     optimizer = optimizer_factory(params)
     if scheduler_factory is None:
         return optimizer, None
-    try:
-        scheduler = scheduler_factory(optimizer)
-    except ValueError as exc:
-        if "total_steps" not in str(exc):
-            raise
-        scheduler = scheduler_factory(optimizer, total_steps=total_steps)
-    return optimizer, scheduler
+    if needs_total_steps(scheduler_factory):
+        return optimizer, scheduler_factory(optimizer, total_steps=total_steps)
+    return optimizer, scheduler_factory(optimizer)
+
+
+def needs_total_steps(scheduler_factory: SchedulerFactory) -> bool:
+    """A factory whose scheduler takes ``total_steps`` (OneCycleLR) but was given neither it nor
+    ``epochs``: the config's init arguments, which the factory carries as keywords, say so."""
+    arguments = getattr(scheduler_factory, "keywords", None) or {}
+    return "total_steps" in arguments and arguments["total_steps"] is None and arguments.get("epochs") is None
 
 
 def stepping_batches(num_batches: int, accumulate_grad_batches: int, max_epochs: int) -> int:

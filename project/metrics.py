@@ -52,17 +52,23 @@ class StageMetrics(nn.Module):
         out.update({f"{self.stage}/{k}": v for k, v in self.scores.compute().items()})
         return out
 
+    def record_best(self, acc: float) -> bool:
+        """Keep ``acc`` as the best accuracy if it beats the best so far; True if it did (strictly,
+        as ``ModelCheckpoint(mode="max")`` counts an improvement)."""
+        improved = self.best_acc is None or acc > self.best_acc
+        if improved:
+            self.best_acc = acc
+        return improved
+
     def epoch_summary(self, class_names: list[str]) -> dict[str, Tensor | float]:
-        """``compute()`` plus the best accuracy so far (also as ``hp_metric``) and per-class accuracy
-        ``f"{stage}/acc_class/<name>"``; it updates the best, so call it once per epoch."""
+        """``compute()`` plus the best accuracy so far (``record_best`` keeps it) and per-class
+        accuracy ``f"{stage}/acc_class/<name>"``."""
         results = self.compute()
-        acc = float(results[f"{self.stage}/acc"])
-        self.best_acc = acc if self.best_acc is None else max(self.best_acc, acc)
         per_class = self.per_class.compute()
+        best = self.best_acc if self.best_acc is not None else float(results[f"{self.stage}/acc"])
         return {
             **results,
-            f"{self.stage}/acc_best": self.best_acc,
-            "hp_metric": self.best_acc,
+            f"{self.stage}/acc_best": best,
             **{f"{self.stage}/acc_class/{name}": per_class[i] for i, name in enumerate(class_names)},
         }
 

@@ -62,15 +62,19 @@ class ImageClassifier(L.LightningModule):
         self.train_metrics, self.val_metrics, self.test_metrics = (
             build_stage_metrics(stage, num_classes, num_misclassified_images) for stage in ("train", "val", "test")
         )
-        self._input_grid_logged = False
+        self.pictures: monitoring.PictureLog | None = None  # set in setup, from the data's statistics
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
 
     def setup(self, stage: str) -> None:
-        # Some data sets (CIFAR-100) name their classes only once their files are read in setup.
         if (dm := getattr(self.trainer, "datamodule", None)) is not None:
+            # Some data sets name their classes only once their files are read; a checkpoint's
+            # class names, restored after this, take precedence.
             self.class_names = list(dm.class_names)
+            self.pictures = monitoring.PictureLog(self.log_images_every_n_epochs, dm.mean, dm.std)
+            # The model summary shows input and output sizes and counts FLOPs on this.
+            self.example_input_array = torch.zeros(1, dm.in_channels, *dm.input_hw)
 
     def configure_optimizers(self):
         optimizer, scheduler = build_optimization(
@@ -95,10 +99,8 @@ class ImageClassifier(L.LightningModule):
     def training_step(self, batch, batch_idx: int) -> Tensor:
         loss = self._shared_step(batch, self.train_metrics)
         self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
-        if not self._input_grid_logged and (writer := self._writer()) is not None:
-            dm = self.trainer.datamodule
-            writer.add_image("train/inputs", monitoring.input_grid(batch[0], dm.mean, dm.std), self.global_step)
-            self._input_grid_logged = True
+        if (writer := self._writer()) is not None:
+            self.pictures.log_inputs(writer, batch[0], self.global_step)
         return loss
 
     def on_train_epoch_end(self) -> None:
@@ -112,14 +114,13 @@ class ImageClassifier(L.LightningModule):
         if self.trainer.sanity_checking:  # the pre-fit sanity pass is not an epoch of its own
             self.val_metrics.reset()
             return
+        self.val_metrics.record_best(float(self.val_metrics.compute()["val/acc"]))
         summary = self.val_metrics.epoch_summary(self.class_names)
         self.log_dict({k: summary.pop(k) for k in ("val/loss", "val/acc")}, prog_bar=True)
         self.log_dict(summary)
-        n = self.log_images_every_n_epochs
-        if (writer := self._writer()) is not None and n > 0 and self.current_epoch % n == 0:
-            dm = self.trainer.datamodule
-            monitoring.log_validation_pictures(
-                writer, self.val_metrics, self.class_names, dm.mean, dm.std, self.global_step
+        if (writer := self._writer()) is not None:
+            self.pictures.log_validation(
+                writer, self.val_metrics, self.class_names, self.current_epoch, self.global_step
             )
         self.val_metrics.reset()
 
@@ -138,12 +139,16 @@ class ImageClassifier(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["best_val_acc"] = self.val_metrics.best_acc
+        checkpoint["class_names"] = list(self.class_names)  # predict needs them, whatever its data module knows
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.val_metrics.best_acc = checkpoint.get("best_val_acc")
+        if checkpoint.get("class_names"):
+            self.class_names = list(checkpoint["class_names"])
 
     def _writer(self):
+        """The TensorBoard writer for pictures: rank 0 of a run with a data module's statistics."""
         logger = self.logger
-        if isinstance(logger, TensorBoardLogger) and self.trainer.is_global_zero:
+        if isinstance(logger, TensorBoardLogger) and self.trainer.is_global_zero and self.pictures is not None:
             return logger.experiment
         return None

@@ -1,8 +1,8 @@
 """What both loops show in TensorBoard beyond scalars: input grids, confusion matrices,
-misclassified images, and the flattened run config for the HPARAMS tab.
+misclassified images, when each is due, and the settings for the HPARAMS tab.
 
 Everything here takes a ``SummaryWriter`` and plain tensors, so the Lightning path and the reference
-loop log the same pictures under the same tags.
+loop log the same pictures under the same tags at the same steps.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ import torch
 from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 from tensorboard.compat.proto.summary_pb2 import Summary
 from torch import Tensor
+from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard.writer import FileWriter
 from torchvision.utils import make_grid
 
 TILE = 48  # px per image in the grids, so 8 px digits stay visible
@@ -47,11 +49,19 @@ def _png(image: Image.Image, text: Mapping[str, str] | None = None, web_palette:
     return buf.getvalue()
 
 
-def log_png(writer, tag: str, png: bytes, step: int) -> None:
+def file_writer(writer: SummaryWriter) -> FileWriter:
+    """The event-file writer behind ``writer``, for the two summaries ``SummaryWriter`` has no public
+    method for: a PNG kept byte for byte (``add_image`` re-encodes it and drops its text chunks) and
+    the HPARAMS tab in the run's own folder (``add_hparams`` starts a new one). A private API, used
+    here only; ``tests/test_tensorboard.py`` fails loudly if it changes."""
+    return writer._get_file_writer()
+
+
+def log_png(writer: SummaryWriter, tag: str, png: bytes, step: int) -> None:
     """Write an already encoded PNG as an image summary (keeps its text chunks intact)."""
     width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")  # IHDR
     image = Summary.Image(height=height, width=width, colorspace=3, encoded_image_string=png)
-    writer._get_file_writer().add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), step)
+    file_writer(writer).add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), step)
 
 
 def input_grid(x: Tensor, mean: Sequence[float], std: Sequence[float], max_images: int = 32) -> Tensor:
@@ -148,33 +158,64 @@ def misclassified_png(
     return _png(img)
 
 
-def log_validation_pictures(
-    writer, metrics, class_names: Sequence[str], mean: Sequence[float], std: Sequence[float], step: int
-) -> None:
-    """The confusion matrix and the misclassified grid of one validation epoch (a detailed StageMetrics)."""
-    log_png(writer, "val/confusion_matrix", confusion_matrix_png(metrics.confusion_matrix(), class_names), step)
-    log_png(writer, "val/misclassified", misclassified_png(metrics.misclassified, class_names, mean, std), step)
+class PictureLog:
+    """The pictures of one run and when they are due, the same for both loops.
+
+    The training inputs once, at the first training batch; the confusion matrix and the
+    misclassified grid every ``every_n_epochs`` epochs (0: never). ``step`` is the number of optimizer
+    steps done so far, Lightning's ``global_step``.
+    """
+
+    def __init__(self, every_n_epochs: int, mean: Sequence[float], std: Sequence[float]):
+        self.every_n_epochs = every_n_epochs
+        self.mean, self.std = mean, std
+        self.inputs_logged = False
+
+    def log_inputs(self, writer: SummaryWriter, x: Tensor, step: int) -> None:
+        if not self.inputs_logged:
+            writer.add_image("train/inputs", input_grid(x, self.mean, self.std), step)
+            self.inputs_logged = True
+
+    def log_validation(self, writer: SummaryWriter, metrics, class_names: Sequence[str], epoch: int, step: int) -> None:
+        """The pictures of validation epoch ``epoch`` from a detailed ``StageMetrics``, if due."""
+        if self.every_n_epochs <= 0 or epoch % self.every_n_epochs != 0:
+            return
+        log_png(writer, "val/confusion_matrix", confusion_matrix_png(metrics.confusion_matrix(), class_names), step)
+        samples = metrics.misclassified
+        log_png(writer, "val/misclassified", misclassified_png(samples, class_names, self.mean, self.std), step)
 
 
-def flatten_config(config: Mapping, prefix: str = "") -> dict[str, object]:
-    """``{"model": {"dropout": 0.25}}`` -> ``{"model/dropout": 0.25}``, values made TensorBoard-safe."""
-    flat: dict[str, object] = {}
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(flatten_config(value, prefix=f"{name}/"))
-        elif isinstance(value, bool | int | float | str):
-            flat[name] = value
-        else:
-            flat[name] = str(value)
-    return flat
+# The HPARAMS tab's metric columns; their values are the runs' own scalars under these tags.
+HPARAM_METRICS = ("val/acc", "val/loss", "val/acc_best")
 
 
-def log_hparams(writer, flat_config: Mapping[str, object]) -> None:
-    """HPARAMS tab entry: the run config, with ``hp_metric`` (best val/acc) as its metric."""
-    from torch.utils.tensorboard.summary import hparams
+def run_hparams(config: Mapping) -> dict[str, bool | int | float | str]:
+    """The few settings that make runs differ, for the HPARAMS tab; ``config.yaml`` keeps the rest."""
+    model, data, trainer = config["model"], config["data"], config["trainer"]
+    optimizer = model.get("optimizer") or {}
+    scheduler = model.get("lr_scheduler") or {}
+    values = {
+        "seed": config.get("seed_everything"),
+        "data/dataset": data.get("dataset"),
+        "data/batch_size": data.get("batch_size"),
+        "data/augment": data.get("augment"),
+        "model/backbone": model.get("backbone"),
+        "model/dropout": model.get("dropout"),
+        "model/label_smoothing": model.get("label_smoothing"),
+        "optimizer": str(optimizer.get("class_path", "default")).rpartition(".")[2],
+        "optimizer/lr": optimizer.get("init_args", {}).get("lr"),
+        "optimizer/weight_decay": optimizer.get("init_args", {}).get("weight_decay"),
+        "lr_scheduler": str(scheduler.get("class_path", "none")).rpartition(".")[2],
+        "trainer/max_epochs": trainer.get("max_epochs"),
+        "trainer/precision": trainer.get("precision"),
+        "trainer/accumulate_grad_batches": trainer.get("accumulate_grad_batches"),
+    }
+    return {k: v if isinstance(v, bool | int | float | str) else str(v) for k, v in values.items()}
 
-    exp, ssi, sei = hparams(dict(flat_config), {"hp_metric": 0.0})
-    file_writer = writer._get_file_writer()
-    for summary in (exp, ssi, sei):
-        file_writer.add_summary(summary)
+
+def log_hparams(writer: SummaryWriter, hparams: Mapping[str, bool | int | float | str]) -> None:
+    """One HPARAMS-tab entry for the run: its settings, with ``HPARAM_METRICS`` as the metric columns."""
+    from torch.utils.tensorboard.summary import hparams as hparams_summaries
+
+    for summary in hparams_summaries(dict(hparams), dict.fromkeys(HPARAM_METRICS, 0.0)):
+        file_writer(writer).add_summary(summary)

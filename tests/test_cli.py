@@ -1,4 +1,5 @@
 import csv
+import inspect
 import socket
 from pathlib import Path
 
@@ -7,7 +8,7 @@ import torch
 import yaml
 
 from project.cli import TwinloopCLI, main
-from tests.conftest import CONFIGS, FAST, make_image_folder
+from tests.helpers import CONFIGS, FAST, make_image_folder
 
 SHORT = [*FAST, "--trainer.max_epochs=2", "--trainer.limit_train_batches=6"]
 
@@ -211,3 +212,59 @@ def test_test_stage_reports_test_metrics():
         args=["test", *FAST, "--ckpt_path", cli.trainer.checkpoint_callback.best_model_path]
     ).trainer.callback_metrics
     assert {"test/loss", "test/acc"} <= set(metrics)
+
+
+@pytest.mark.parametrize("command", ["validate", "test", "predict"])
+def test_a_missing_checkpoint_is_one_line_naming_it(command, capsys):
+    """--ckpt_path to a file that is not there: exit 1, `error:` naming the path, no run directory."""
+    with pytest.raises(SystemExit) as info:
+        main([command, *FAST, "--ckpt_path", "no/such.ckpt", "--data.predict_root=."])
+    assert info.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: --ckpt_path") and "no/such.ckpt" in err and "Traceback" not in err
+    assert not Path("lightning_logs").exists()
+
+
+def test_a_file_not_found_inside_the_code_keeps_its_traceback(monkeypatch):
+    """Only the user's own paths become one-line errors: any other FileNotFoundError is a bug to see."""
+
+    def broken_setup(self, stage=None):
+        raise FileNotFoundError("internal file")
+
+    monkeypatch.setattr("project.data.ImageDataModule.setup", broken_setup)
+    with pytest.raises(FileNotFoundError, match="internal file"):
+        main(["fit", *SHORT])
+
+
+def test_checkpoints_carry_the_class_names_and_predict_uses_them(image_folder, tmp_path):
+    """Class names travel in every checkpoint, and predict names classes from the checkpoint."""
+    args = [*FAST, "--data.dataset=imagefolder", f"--data.root={image_folder}", "--data.image_size=16"]
+    cli = TwinloopCLI(args=["fit", *args, "--trainer.max_epochs=1"])
+    ckpt = Path(cli.trainer.checkpoint_callback.best_model_path)
+    checkpoint = torch.load(ckpt, weights_only=True)
+    assert checkpoint["class_names"] == ["circles", "squares", "stripes"]
+    checkpoint["class_names"] = ["first", "second", "third"]  # as if the data module knew other names
+    torch.save(checkpoint, tmp_path / "renamed.ckpt")
+    rows = predict_csv(args, str(tmp_path / "renamed.ckpt"), image_folder / "circles", tmp_path / "p.csv")
+    assert rows and {r["class_name"] for r in rows} <= {"first", "second", "third"}
+
+
+def test_model_summary_shows_sizes_and_flops():
+    """The model summary is given an example input of the data's shape: sizes and a FLOP count show."""
+    from lightning.pytorch.utilities.model_summary import ModelSummary
+
+    cli = fit("--trainer.max_epochs=1")
+    assert cli.model.example_input_array.shape == (1, 1, 8, 8)
+    summary = ModelSummary(cli.model, max_depth=1)
+    assert summary.in_sizes[0] == [1, 1, 8, 8] and summary.out_sizes[0] == [1, 10]
+    assert "In sizes" in str(summary)
+    # two 3x3 convolutions over 8x8 and 4x4 maps and a linear head: well over 100k multiply-adds
+    assert summary.total_flops > 100_000
+
+
+def test_lightning_cli_still_has_the_trainer_hook_the_project_overrides():
+    """TwinloopCLI overrides LightningCLI._instantiate_trainer (a private API): fail loudly if it goes."""
+    from lightning.pytorch.cli import LightningCLI
+
+    assert "_instantiate_trainer" in vars(LightningCLI), "LightningCLI._instantiate_trainer is gone: see project/cli.py"
+    assert list(inspect.signature(LightningCLI._instantiate_trainer).parameters) == ["self", "config", "callbacks"]

@@ -8,8 +8,9 @@ import torch
 
 from project import compare
 from project.cli import TwinloopCLI
-from project.reference import cli as reference
-from tests.conftest import EQUIV, EQUIVALENCE_RESULTS, FAST
+from project.errors import ConfigError
+from project.reference.config import load_run
+from tests.helpers import EQUIV, EQUIVALENCE_RESULTS, FAST
 
 OPTIMIZERS = {
     "sgd": [
@@ -150,8 +151,8 @@ def test_compare_cli_passes_and_logs_side_by_side(capsys):
 
 def test_reference_refuses_unsupported_trainer_keys():
     """A trainer key the reference loop does not implement is refused by name, not ignored."""
-    with pytest.raises(reference.ConfigError, match="trainer.max_steps=5"):
-        reference.load_run(["--trainer.max_steps=5"])
+    with pytest.raises(ConfigError, match="trainer.max_steps=5"):
+        load_run(["--trainer.max_steps=5"])
 
 
 def test_checkpoint_cross_validation():
@@ -159,7 +160,8 @@ def test_checkpoint_cross_validation():
     cli = TwinloopCLI(args=["fit", *FAST, "--trainer.max_epochs=2", "--trainer.limit_train_batches=8"])
     best = cli.trainer.checkpoint_callback.best_model_path
     lightning = TwinloopCLI(args=["validate", *FAST, "--ckpt_path", best]).trainer.callback_metrics
-    ref = reference.validate(reference.load_run([*FAST]), best)
+    run = load_run([*FAST])
+    ref = run.trainer.validate(run.model, run.datamodule, best)
     assert ref["val/loss"] == float(lightning["val/loss"])
     assert ref["val/acc"] == float(lightning["val/acc"])
     assert math.isclose(ref["val/acc"], float(cli.trainer.checkpoint_callback.best_model_score), abs_tol=0)
@@ -190,9 +192,11 @@ def test_cuda_fp16_mixed_with_grad_scaler():
 def test_reference_checkpoint_validates_the_same_in_lightning():
     """A reference-loop checkpoint validated by `twinloop validate` gives the reference's own numbers."""
     args = [*FAST, "--trainer.max_epochs=1", "--trainer.limit_train_batches=8"]
-    reference.fit(reference.load_run(args), Path("ref"))
+    run = load_run(args, Path("ref"))
+    run.trainer.fit(run.model, run.datamodule)
     ckpt = str(Path("ref/checkpoints/best.ckpt"))
-    ref = reference.validate(reference.load_run(args), ckpt)
+    run = load_run(args)
+    ref = run.trainer.validate(run.model, run.datamodule, ckpt)
     lightning = TwinloopCLI(args=["validate", *FAST, "--ckpt_path", ckpt]).trainer.callback_metrics
     assert (ref["val/loss"], ref["val/acc"]) == (float(lightning["val/loss"]), float(lightning["val/acc"]))
 
@@ -221,28 +225,30 @@ def test_lightning_substitutions_and_switches(extra):
 )
 def test_reference_refuses_callback_and_logger_settings_it_would_ignore(setting, named):
     """Checkpoint, LR-monitor and logger settings the reference loop doesn't mirror are refused by name."""
-    with pytest.raises(reference.ConfigError, match=named):
-        reference.load_run([setting])
+    with pytest.raises(ConfigError, match=named):
+        load_run([setting])
 
 
 def test_both_loops_keep_the_first_of_equal_best_checkpoints():
     """A later epoch that only ties the best val/acc does not replace the best checkpoint, in either loop."""
-    # Digits with these settings reach val/acc 0.983287 at epochs 2 and 4 (see the digits compare table).
+    # Digits with these settings reach val/acc 0.980501 (352 of 359) at epochs 1, 3 and 4.
     args = [*FAST, "--trainer.max_epochs=5"]
-    cli = TwinloopCLI(args=["fit", *args])
-    reference.fit(reference.load_run(args), Path("ref"))
-    lightning_best = torch.load(cli.trainer.checkpoint_callback.best_model_path, weights_only=True)
-    reference_best = torch.load("ref/checkpoints/best.ckpt", weights_only=True)
-    assert cli.model.val_metrics.best_acc == pytest.approx(0.983287, abs=1e-6)
-    assert lightning_best["epoch"] == reference_best["epoch"] == 2
+    lit = compare.run_lightning(args, Path("runs"), "tie")
+    ref = compare.run_reference(args, Path("ref"))
+    (lightning_best,) = Path("runs/tie/lightning/checkpoints").glob("best-*.ckpt")
+    correct = [round(epoch["val/acc"] * 359) for epoch in lit.val]
+    assert correct == [round(epoch["val/acc"] * 359) for epoch in ref.val]
+    assert correct[1] == correct[3] == correct[4] == max(correct) == 352  # the tie really happens
+    lightning_epoch = torch.load(lightning_best, weights_only=True)["epoch"]
+    assert lightning_epoch == torch.load("ref/checkpoints/best.ckpt", weights_only=True)["epoch"] == 1
 
 
 def test_default_root_dir_holds_the_logs_of_both_loops():
     """--trainer.default_root_dir moves logs and checkpoints, for Lightning and the reference loop alike."""
     args = [*FAST, "--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.default_root_dir=out"]
     TwinloopCLI(args=["fit", *args])
-    run = reference.load_run(args)
-    logger = reference.fit(run)
+    run = load_run(args)
+    run.trainer.fit(run.model, run.datamodule)
     assert list(Path("out/lightning_logs/version_0/checkpoints").glob("*.ckpt"))
-    assert logger.log_dir == Path("out/lightning_logs/reference/version_0")
+    assert run.trainer.log_dir == Path("out/lightning_logs/reference/version_0")
     assert not Path("lightning_logs").exists()

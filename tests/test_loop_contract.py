@@ -12,12 +12,12 @@ from lightning.pytorch.callbacks import Callback
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from project import compare
 from project.cli import TwinloopCLI
 from project.metrics import StageMetrics
-from project.reference import cli as reference
+from project.recorder import Recorder, RecorderCallback
 from project.reference import loop as loop_fns
-from tests.conftest import EQUIV
+from project.reference.config import load_run
+from tests.helpers import EQUIV
 
 LOOPS = ["lightning", "reference"]
 TRAIN_BATCHES, VAL_BATCHES, SANITY_BATCHES = 7, 4, 2
@@ -89,22 +89,21 @@ class _Attach(Callback):
         self.probe.attach(pl_module.net, pl_module.criterion)
 
 
-def run(loop: str, probe: Probe, args: list[str], model_in_eval_mode: bool = False) -> compare.Recorder:
+def run(loop: str, probe: Probe, args: list[str], model_in_eval_mode: bool = False) -> Recorder:
     """Fit with one loop; returns the final-state recording for comparisons."""
-    recorder = compare.Recorder()
+    recorder = Recorder()
     if loop == "lightning":
         cli = TwinloopCLI(args=args, run=False)
         if model_in_eval_mode:
             cli.model.eval()
-        cli.trainer.callbacks += [_Attach(probe), compare.LightningRecorder(recorder)]
+        cli.trainer.callbacks += [_Attach(probe), RecorderCallback(recorder)]
         cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     else:
-        ref = reference.load_run(args)
-        probe.attach(ref.classifier.net, ref.classifier.criterion)
+        ref = load_run(args, Path("reference"), callbacks=[RecorderCallback(recorder)])
+        probe.attach(ref.model.net, ref.model.criterion)
         if model_in_eval_mode:
-            ref.classifier.net.eval()
-        reference.fit(ref, Path("reference"), recorder=recorder)
-        recorder.finish()
+            ref.model.net.eval()
+        ref.trainer.fit(ref.model, ref.datamodule)
     probe.remove()
     return recorder
 
@@ -171,17 +170,17 @@ def test_dropout_active_in_training_and_inert_in_evaluation(loop):
         cli.trainer.fit(cli.model, datamodule=cli.datamodule)
         evaluate_once = lambda: cli.trainer.validate(cli.model, datamodule=cli.datamodule, verbose=False)  # noqa: E731
     else:
-        ref = reference.load_run(args)
-        probe.attach(ref.classifier.net, ref.classifier.criterion)
-        reference.fit(ref, Path("reference"))
-        net, dm = ref.classifier.net, ref.datamodule
+        ref = load_run(args, Path("reference"))
+        probe.attach(ref.model.net, ref.model.criterion)
+        ref.trainer.fit(ref.model, ref.datamodule)
+        net, dm = ref.model.net, ref.datamodule
         evaluate_once = lambda: loop_fns.evaluate(  # noqa: E731
             net,
             dm.val_dataloader(),
-            ref.classifier.criterion,
+            ref.model.criterion,
             torch.device("cpu"),
             StageMetrics("val", 10),
-            limit_batches=VAL_BATCHES,
+            num_batches=VAL_BATCHES,
         )
     probe.remove()
     assert sum(probe.dropout_zero_fraction) / len(probe.dropout_zero_fraction) == pytest.approx(0.5, abs=0.1)

@@ -10,12 +10,18 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
+from torch.utils.tensorboard import SummaryWriter
 
 from project import compare
-from tests.conftest import FAST
+from project.cli import TwinloopCLI
+from project.metrics import build_stage_metrics
+from project.monitoring import PictureLog, file_writer
+from project.reference.cli import main as reference_main
+from tests.helpers import FAST
 
 DIGITS = [str(i) for i in range(10)]
 SCALAR_TAGS = {
@@ -25,7 +31,6 @@ SCALAR_TAGS = {
     "val/loss",
     "val/acc",
     "val/acc_best",
-    "hp_metric",
     "epoch",
     "lr-SGD",
     *(f"val/acc_class/{c}" for c in DIGITS),
@@ -65,14 +70,39 @@ def test_last_val_acc_is_what_the_run_reported(pair):
     assert events(pair[0] / "lightning").Scalars("val/acc")[-1].value == pytest.approx(lit.val[-1]["val/acc"], abs=0)
 
 
-def test_hparams_hold_the_flat_config_and_hp_metric_is_the_best_val_acc(pair):
-    """HPARAMS: the flattened run config, with hp_metric equal to the best val/acc."""
-    acc = events(pair[0] / "lightning")
-    content = acc.PluginTagToContent("hparams")["_hparams_/session_start_info"]
-    hparams = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info.hparams
-    assert hparams["model/dropout"].number_value == 0.25
-    assert hparams["data/dataset"].string_value == "digits"
-    assert acc.Scalars("hp_metric")[-1].value == max(e.value for e in acc.Scalars("val/acc"))
+def hparams_tab(log_dir: Path) -> tuple[dict, set[str]]:
+    """The HPARAMS tab's data as TensorBoard reads it from the event file: settings and metric tags."""
+    acc = events(log_dir)
+    content = acc.PluginTagToContent("hparams")
+    start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
+    settings = {
+        k: v.WhichOneof("kind") and getattr(v, v.WhichOneof("kind"))
+        for k, v in start.session_start_info.hparams.items()
+    }
+    return settings, {m.name.tag for m in experiment.metric_infos}
+
+
+@pytest.mark.parametrize("side", ["lightning", "reference"])
+def test_hparams_tab_shows_the_settings_that_shape_a_result(pair, side):
+    """HPARAMS: a compact set of settings (no callback or logger defaults) and val/acc, val/loss and
+    val/acc_best as metric columns, in both loops."""
+    settings, metrics = hparams_tab(pair[0] / side)
+    assert metrics == {"val/acc", "val/loss", "val/acc_best"}
+    assert 8 <= len(settings) <= 20
+    assert not any(k.startswith(("checkpoint", "last_checkpoint", "lr_monitor", "trainer/logger")) for k in settings)
+    assert settings["model/backbone"] == "simple_cnn"
+    assert settings["model/dropout"] == 0.25
+    assert settings["data/dataset"] == "digits"
+    assert settings["data/batch_size"] == 64
+    assert settings["optimizer"] == "SGD" and settings["optimizer/lr"] == 0.05
+    assert settings["lr_scheduler"] == "none"
+    assert settings["trainer/max_epochs"] == 2 and settings["seed"] == 42
+
+
+def test_both_loops_fill_the_hparams_tab_alike(pair):
+    """The two loops log the same HPARAMS entry, so their runs line up in one table."""
+    assert hparams_tab(pair[0] / "lightning") == hparams_tab(pair[0] / "reference")
 
 
 def test_confusion_matrix_png_counts_the_validation_set(pair):
@@ -109,6 +139,24 @@ def test_reference_logs_the_same_tags_and_values(runs, request):
         assert [step for step, _ in a] == [step for step, _ in b], tag
         for (step, x), (_, y) in zip(a, b):
             assert abs(x - y) <= 1e-6, (tag, step, x, y)
+
+
+@pytest.mark.parametrize("stage", ["validate", "test"])
+def test_reference_validate_and_test_write_what_lightning_writes(stage, tmp_path):
+    """`twinloop-reference validate|test` write event files with Lightning's tags, steps and values."""
+    args = [*FAST, "--trainer.max_epochs=1", "--trainer.limit_train_batches=4"]
+    cli = TwinloopCLI(args=["fit", *args, "--trainer.default_root_dir=fit"])
+    ckpt = cli.trainer.checkpoint_callback.best_model_path
+    TwinloopCLI(args=[stage, *args, "--trainer.default_root_dir=lit", "--ckpt_path", ckpt])
+    reference_main([stage, *args, "--log_dir=ref", "--ckpt_path", ckpt])
+    (lit_dir,) = Path("lit/lightning_logs").glob("version_*")
+    lit, ref = events(lit_dir), events(Path("ref"))
+    prefix = "val" if stage == "validate" else "test"
+    assert f"{prefix}/acc" in lit.Tags()["scalars"]
+    assert set(lit.Tags()["scalars"]) == set(ref.Tags()["scalars"])
+    assert set(lit.Tags()["images"]) == set(ref.Tags()["images"])
+    for tag in lit.Tags()["scalars"]:
+        assert [(e.step, e.value) for e in lit.Scalars(tag)] == [(e.step, e.value) for e in ref.Scalars(tag)], tag
 
 
 def free_port() -> int:
@@ -161,3 +209,30 @@ def test_a_real_tensorboard_server_serves_both_runs(pair):
     finally:
         server.terminate()
         server.wait(timeout=20)
+
+
+def test_one_picture_schedule_for_both_loops(tmp_path):
+    """PictureLog, which both loops call: the input grid once, validation pictures every n-th epoch."""
+    writer = SummaryWriter(str(tmp_path))
+    pictures = PictureLog(every_n_epochs=2, mean=(0.5,), std=(0.25,))
+    metrics = build_stage_metrics("val", 3)
+    x, target = torch.randn(4, 1, 8, 8), torch.tensor([0, 1, 2, 0])
+    metrics.update(torch.eye(3)[[0, 2, 2, 1]], target, torch.tensor(0.5), images=x)
+    for step in range(3):
+        pictures.log_inputs(writer, x, step)
+    for epoch in range(5):
+        pictures.log_validation(writer, metrics, ["a", "b", "c"], epoch, step=10 * epoch)
+    writer.close()
+    acc = events(tmp_path)
+    assert [e.step for e in acc.Images("train/inputs")] == [0]
+    assert [e.step for e in acc.Images("val/confusion_matrix")] == [0, 20, 40]
+    assert [e.step for e in acc.Images("val/misclassified")] == [0, 20, 40]
+
+
+def test_the_private_summary_writer_api_is_still_there(tmp_path):
+    """monitoring.file_writer reaches into SummaryWriter (no public way to keep a PNG's bytes): fail loudly
+    if it changes."""
+    writer = SummaryWriter(str(tmp_path))
+    inner = file_writer(writer)
+    assert callable(inner.add_summary) and inner.get_logdir() == str(tmp_path)
+    writer.close()

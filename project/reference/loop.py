@@ -7,15 +7,18 @@ It does by hand what Lightning's Trainer does for ``ImageClassifier``, in the sa
   window, forward and loss (under autocast for mixed precision), ``backward`` of loss / N,
   then at the end of a window (or of the epoch): clip, ``optimizer.step()``, per-step scheduler;
 - evaluation: ``model.eval()`` under ``torch.no_grad()``.
+
+Mixed precision is always set up and switched off by ``precision``: an ``autocast`` that is not
+enabled and a ``GradScaler(enabled=False)`` pass everything through unchanged.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from itertools import islice
 
 import torch
-from torch import nn
-from torch.utils.data import DataLoader
+from torch import Tensor, nn
 
 from project.metrics import StageMetrics
 
@@ -27,39 +30,50 @@ def autocast(device: torch.device, precision: str) -> torch.autocast:
     return torch.autocast(device.type, dtype=AUTOCAST_DTYPES[precision], enabled=precision != "32-true")
 
 
-def num_batches(loader: DataLoader, limit: int | float = 1.0) -> int:
-    """Batches per epoch under ``limit_*_batches``: a fraction of the loader, or a count."""
-    if isinstance(limit, float):
-        return int(len(loader) * limit)
-    return min(len(loader), limit)
+def grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler:
+    """Loss scaling for fp16 only; bf16 and fp32 have the range to do without."""
+    return torch.amp.GradScaler(device.type, enabled=precision == "16-mixed")
+
+
+def batches(loader: Iterable, device: torch.device, limit: int) -> Iterator[tuple[Tensor, Tensor]]:
+    """The first ``limit`` batches of ``loader``, moved to ``device``."""
+    for x, y in islice(loader, limit):
+        yield x.to(device), y.to(device)
+
+
+def clip_gradients(model: nn.Module, value: float | None, algorithm: str) -> None:
+    """Gradient clipping by total norm or by value; ``value=None`` leaves the gradients alone."""
+    if not value:
+        return
+    if algorithm == "norm":
+        nn.utils.clip_grad_norm_(model.parameters(), value)
+    else:
+        nn.utils.clip_grad_value_(model.parameters(), value)
 
 
 def train_one_epoch(
     model: nn.Module,
-    loader: DataLoader,
+    loader: Iterable,
     criterion: nn.Module,
     optimizer: torch.optim.Optimizer,
     device: torch.device,
     metrics: StageMetrics,
     *,
+    num_batches: int,
+    precision: str,
+    scaler: torch.amp.GradScaler,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
     scheduler_interval: str = "epoch",
     accumulate_grad_batches: int = 1,
     gradient_clip_val: float | None = None,
     gradient_clip_algorithm: str = "norm",
-    precision: str = "32-true",
-    scaler: torch.amp.GradScaler | None = None,
-    augment: Callable | None = None,
-    limit_batches: int | float = 1.0,
-    on_step: Callable[[torch.Tensor], None] | None = None,
-) -> dict[str, torch.Tensor]:
+    augment: Callable[[Tensor], Tensor] | None = None,
+    on_step: Callable[[Tensor], None] | None = None,
+) -> dict[str, Tensor]:
     """One pass over the training data; returns the epoch's training metrics."""
     model.train()
-    n = num_batches(loader, limit_batches)
-    for i, (x, y) in enumerate(loader):
-        if i == n:
-            break
-        x, y = x.to(device), y.to(device)
+    metrics.reset()
+    for i, (x, y) in enumerate(batches(loader, device, num_batches)):
         if augment is not None:
             x = augment(x)
         if i % accumulate_grad_batches == 0:
@@ -68,22 +82,12 @@ def train_one_epoch(
             output = model(x)
             loss = criterion(output, y)
         metrics.update(output, y, loss)
-        # Sum of the window's gradients, scaled like a mean over the window.
-        scaled = loss / accumulate_grad_batches
-        (scaler.scale(scaled) if scaler is not None else scaled).backward()
-        if (i + 1) % accumulate_grad_batches == 0 or i + 1 == n:
-            if scaler is not None:
-                scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
-            if gradient_clip_val:
-                if gradient_clip_algorithm == "norm":
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), gradient_clip_val)
-                else:
-                    torch.nn.utils.clip_grad_value_(model.parameters(), gradient_clip_val)
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
+        scaler.scale(loss / accumulate_grad_batches).backward()  # the window's mean gradient
+        if (i + 1) % accumulate_grad_batches == 0 or i + 1 == num_batches:
+            scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+            clip_gradients(model, gradient_clip_val, gradient_clip_algorithm)
+            scaler.step(optimizer)
+            scaler.update()
             if scheduler is not None and scheduler_interval == "step":
                 scheduler.step()
             if on_step is not None:
@@ -94,22 +98,18 @@ def train_one_epoch(
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
-    loader: DataLoader,
+    loader: Iterable,
     criterion: nn.Module,
     device: torch.device,
     metrics: StageMetrics,
     *,
+    num_batches: int,
     precision: str = "32-true",
-    limit_batches: int | float = 1.0,
-) -> dict[str, torch.Tensor]:
+) -> dict[str, Tensor]:
     """Loss and accuracy over the evaluation data, with the model in eval mode and no gradients."""
     model.eval()
     metrics.reset()
-    n = num_batches(loader, limit_batches)
-    for i, (x, y) in enumerate(loader):
-        if i == n:
-            break
-        x, y = x.to(device), y.to(device)
+    for x, y in batches(loader, device, num_batches):
         with autocast(device, precision):
             output = model(x)
             loss = criterion(output, y)
@@ -119,8 +119,8 @@ def evaluate(
 
 def fit(
     model: nn.Module,
-    train_loader: DataLoader,
-    val_loader: DataLoader,
+    train_loader: Iterable,
+    val_loader: Iterable,
     criterion: nn.Module,
     optimizer: torch.optim.Optimizer,
     device: torch.device,
@@ -128,22 +128,24 @@ def fit(
     val_metrics: StageMetrics,
     *,
     max_epochs: int,
+    num_train_batches: int,
+    num_val_batches: int,
+    precision: str,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
     scheduler_interval: str = "epoch",
     check_val_every_n_epoch: int = 1,
-    limit_val_batches: int | float = 1.0,
     on_epoch_end: Callable[[int, dict, dict | None], None] | None = None,
-    **train_kwargs,
+    **train_options,
 ) -> None:
-    """Train for ``max_epochs``, validating every ``check_val_every_n_epoch`` epochs.
+    """Train for ``max_epochs``, validating every ``check_val_every_n_epoch`` epochs (never when
+    ``num_val_batches`` is 0, as with Lightning's ``limit_val_batches=0``).
 
-    ``on_epoch_end(epoch, train_results, val_results_or_None)`` is where the caller logs and
-    saves checkpoints; ``train_kwargs`` go to ``train_one_epoch``.
+    ``on_epoch_end(epoch, train_results, val_results_or_None)`` is where the caller logs and saves
+    checkpoints. ``train_options`` (accumulation, clipping, scaler, augmentation, ``on_step``) go
+    to ``train_one_epoch`` as they are.
     """
     model.to(device)
-    precision = train_kwargs.get("precision", "32-true")
     for epoch in range(max_epochs):
-        train_metrics.reset()
         train_results = train_one_epoch(
             model,
             train_loader,
@@ -151,15 +153,16 @@ def fit(
             optimizer,
             device,
             train_metrics,
+            num_batches=num_train_batches,
+            precision=precision,
             scheduler=scheduler,
             scheduler_interval=scheduler_interval,
-            **train_kwargs,
+            **train_options,
         )
         val_results = None
-        # limit_val_batches=0 turns validation off, as in Lightning
-        if (epoch + 1) % check_val_every_n_epoch == 0 and num_batches(val_loader, limit_val_batches) > 0:
+        if (epoch + 1) % check_val_every_n_epoch == 0 and num_val_batches > 0:
             val_results = evaluate(
-                model, val_loader, criterion, device, val_metrics, precision=precision, limit_batches=limit_val_batches
+                model, val_loader, criterion, device, val_metrics, num_batches=num_val_batches, precision=precision
             )
         if on_epoch_end is not None:  # before the epoch's scheduler step, as Lightning saves checkpoints
             on_epoch_end(epoch, train_results, val_results)

@@ -1,0 +1,91 @@
+"""TensorBoard logging for the reference loop, with Lightning's tags and step numbering, so a
+reference run and a Lightning run overlay curve on curve."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch.utils.hooks import RemovableHandle
+from torch.utils.tensorboard import SummaryWriter
+
+from project import monitoring
+from project.metrics import StageMetrics
+
+
+def next_version_dir(parent: Path) -> Path:
+    """``parent/version_N`` with the next free N, as Lightning's TensorBoardLogger numbers runs."""
+    versions = [int(p.name.split("_")[1]) for p in parent.glob("version_*") if p.name.split("_")[1].isdigit()]
+    return parent / f"version_{max(versions, default=-1) + 1}"
+
+
+class ReferenceLogger:
+    """Scalars, pictures and the HPARAMS entry of one reference run.
+
+    Steps count optimizer steps, as Lightning's ``global_step`` does: a per-step scalar goes at the
+    index of its step, epoch and validation scalars at the index of the epoch's last step, and a
+    ``validate``/``test`` run (which counts no steps) at 0.
+    """
+
+    def __init__(self, log_dir: Path, log_every_n_steps: int, pictures: monitoring.PictureLog, class_names: list[str]):
+        self.log_dir = log_dir
+        self.writer = SummaryWriter(str(log_dir))
+        self.every = log_every_n_steps
+        self.pictures = pictures
+        self.class_names = class_names
+        self.steps = 0
+        self.epoch = 0
+        self._hooks: list[RemovableHandle] = []
+
+    def watch(self, net: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        """Hooks (not loop code) for what Lightning logs at the start of each training batch: the
+        learning rate on logging steps (LearningRateMonitor) and, once, the augmented inputs."""
+        tag = f"lr-{type(optimizer).__name__}"
+
+        def batch_start(module, inputs):
+            if not module.training:
+                return
+            self.pictures.log_inputs(self.writer, inputs[0], self.steps)
+            if self.logs_step(self.steps):
+                self.writer.add_scalar(tag, optimizer.param_groups[0]["lr"], self.steps)
+
+        self._hooks.append(net.register_forward_pre_hook(batch_start))
+
+    def logs_step(self, step: int) -> bool:
+        """Lightning's ``log_every_n_steps``: steps 0-based, logged at every n-th."""
+        return self.every > 0 and (step + 1) % self.every == 0
+
+    def log_hparams(self, hparams: dict) -> None:
+        monitoring.log_hparams(self.writer, hparams)
+
+    def on_step(self, loss: torch.Tensor) -> None:
+        if self.logs_step(self.steps):
+            self._scalars({"train/loss": loss}, self.steps)
+        self.steps += 1
+
+    def on_epoch_end(self, epoch: int, train: dict, val_metrics: StageMetrics | None) -> None:
+        """The epoch's training metrics and, after a validation, its summary and pictures."""
+        step = self.steps - 1
+        self._scalars(train, step)
+        if val_metrics is not None:
+            self.log_evaluation(val_metrics, epoch, step)
+        self.epoch = epoch + 1
+
+    def log_evaluation(self, metrics: StageMetrics, epoch: int = 0, step: int = 0) -> None:
+        """A validation (summary and pictures) or test (its metrics) epoch, as Lightning logs it."""
+        if metrics.detailed:
+            self._scalars(metrics.epoch_summary(self.class_names), step)
+            self.pictures.log_validation(self.writer, metrics, self.class_names, epoch, self.steps)
+        else:
+            self._scalars(metrics.compute(), step)
+
+    def close(self) -> None:
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks.clear()
+        self.writer.close()
+
+    def _scalars(self, values: dict, step: int) -> None:
+        for tag, value in {**values, "epoch": self.epoch}.items():
+            self.writer.add_scalar(tag, float(value), step)
+        self.writer.flush()

@@ -1,0 +1,229 @@
+"""``ReferenceTrainer``: the reference loop's counterpart of ``lightning.Trainer``.
+
+``fit``, ``validate`` and ``test`` take the same ``ImageClassifier`` and ``ImageDataModule`` that
+Lightning's Trainer takes, and around the textbook loop of ``project/reference/loop.py`` do what the
+Trainer does around its own: determinism, batch limits, the optimizer and scheduler from the
+module's factories, TensorBoard logging, checkpoints and progress bars.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import lightning
+import torch
+from tqdm import tqdm
+
+from project import monitoring
+from project.data import ImageDataModule
+from project.errors import UserPathError
+from project.factory import build_optimization, stepping_batches
+from project.metrics import StageMetrics, build_stage_metrics
+from project.module import ImageClassifier
+from project.reference import loop
+from project.reference.logger import ReferenceLogger, next_version_dir
+from project.reference.settings import TrainerSettings, count_batches
+
+
+class ReferenceTrainer:
+    """Runs an ``ImageClassifier`` with the reference loop.
+
+    ``callbacks`` get ``on_train_start``, ``on_validation_end`` and ``on_train_end(trainer, model)``,
+    where the trainer offers what Lightning's offers for the same purpose (``optimizers``,
+    ``estimated_stepping_batches``, ``callback_metrics``, ``sanity_checking``), so one recording
+    callback serves both loops.
+    """
+
+    sanity_checking = False  # the reference loop has no sanity pass
+
+    def __init__(
+        self,
+        settings: TrainerSettings,
+        log_dir: Path | None = None,
+        hparams: dict | None = None,
+        callbacks: Sequence = (),
+    ):
+        self.settings = settings
+        self._log_dir = log_dir
+        self.hparams = hparams or {}
+        self.callbacks = list(callbacks)
+        self.optimizers: list[torch.optim.Optimizer] = []
+        self.estimated_stepping_batches = 0
+        self.callback_metrics: dict[str, torch.Tensor] = {}
+
+    @property
+    def log_dir(self) -> Path:
+        """``<save_dir>/<name>/reference/version_N``, fixed at first use, as Lightning's logger does."""
+        if self._log_dir is None:
+            self._log_dir = next_version_dir(self.settings.log_root / "reference")
+        return self._log_dir
+
+    def fit(self, model: ImageClassifier, datamodule: ImageDataModule) -> None:
+        """Train and validate with the reference loop; checkpoints go to ``log_dir/checkpoints``."""
+        s = self.settings
+        self._setup(model, datamodule, "fit")
+        train_loader, val_loader = datamodule.train_dataloader(), datamodule.val_dataloader()
+        num_train = count_batches(len(train_loader), s.limit_train_batches, "limit_train_batches")
+        num_val = count_batches(len(val_loader), s.limit_val_batches, "limit_val_batches")
+        net = model.net.to(s.device)
+        self.estimated_stepping_batches = stepping_batches(num_train, s.accumulate_grad_batches, s.max_epochs)
+        optimizer, scheduler = build_optimization(
+            net.parameters(), model.optimizer_factory, model.scheduler_factory, self.estimated_stepping_batches
+        )
+        self.optimizers = [optimizer]
+        train_metrics, val_metrics = (self._metrics(stage, model) for stage in ("train", "val"))
+        logger = self._logger(model, datamodule)
+        logger.log_hparams(self.hparams)
+        logger.watch(net, optimizer)
+        self._call("on_train_start", model)
+
+        def on_epoch_end(epoch: int, train_results: dict, val_results: dict | None) -> None:
+            improved = val_results is not None and val_metrics.record_best(float(val_results["val/acc"]))
+            logger.on_epoch_end(epoch, train_results, val_metrics if val_results is not None else None)
+            self.callback_metrics = {**train_results, **(val_results or {})}
+            if val_results is not None:
+                self._call("on_validation_end", model)
+            print(f"epoch {epoch}: " + "  ".join(f"{k}={float(v):.4f}" for k, v in self.callback_metrics.items()))
+            if s.enable_checkpointing:
+                state = checkpoint_dict(model, optimizer, scheduler, epoch, logger.steps, val_metrics.best_acc)
+                self._save(state, "last.ckpt")
+                if improved:  # like ModelCheckpoint(mode="max"): a tie keeps the earlier best
+                    self._save(state, "best.ckpt")
+
+        loop.fit(
+            net,
+            self._progress(train_loader, "train", num_train),
+            self._progress(val_loader, "val", num_val),
+            model.criterion,
+            optimizer,
+            s.device,
+            train_metrics,
+            val_metrics,
+            max_epochs=s.max_epochs,
+            num_train_batches=num_train,
+            num_val_batches=num_val,
+            precision=s.precision,
+            scheduler=scheduler,
+            scheduler_interval=model.scheduler_interval,
+            check_val_every_n_epoch=s.check_val_every_n_epoch,
+            on_epoch_end=on_epoch_end,
+            scaler=loop.grad_scaler(s.device, s.precision),
+            accumulate_grad_batches=s.accumulate_grad_batches,
+            gradient_clip_val=s.gradient_clip_val,
+            gradient_clip_algorithm=s.gradient_clip_algorithm,
+            augment=datamodule.augmenter,
+            on_step=logger.on_step,
+        )
+        self._call("on_train_end", model)
+        logger.close()
+
+    def validate(self, model: ImageClassifier, datamodule: ImageDataModule, ckpt_path: str | None = None) -> dict:
+        """Validation metrics of ``model`` (or of the weights in ``ckpt_path``), logged at step 0."""
+        return self._evaluate("validate", model, datamodule, ckpt_path)
+
+    def test(self, model: ImageClassifier, datamodule: ImageDataModule, ckpt_path: str | None = None) -> dict:
+        """Test metrics on the data module's test split, logged at step 0."""
+        return self._evaluate("test", model, datamodule, ckpt_path)
+
+    def _evaluate(self, stage: str, model: ImageClassifier, datamodule: ImageDataModule, ckpt_path) -> dict:
+        s = self.settings
+        self._setup(model, datamodule, stage)
+        checkpoint = load_checkpoint(model, ckpt_path) if ckpt_path is not None else {}
+        loader = datamodule.val_dataloader() if stage == "validate" else datamodule.test_dataloader()
+        key = "limit_val_batches" if stage == "validate" else "limit_test_batches"
+        num_batches = count_batches(len(loader), getattr(s, key), key)
+        metrics = self._metrics("val" if stage == "validate" else "test", model)
+        model.net.to(s.device)
+        results = loop.evaluate(
+            model.net,
+            self._progress(loader, stage, num_batches),
+            model.criterion,
+            s.device,
+            metrics,
+            num_batches=num_batches,
+            precision=s.precision,
+        )
+        if metrics.detailed:  # validation: the best so far, as the module restores and updates it
+            metrics.best_acc = checkpoint.get("best_val_acc")
+            metrics.record_best(float(results["val/acc"]))
+        logger = self._logger(model, datamodule)
+        logger.log_evaluation(metrics)
+        logger.close()
+        return {k: float(v) for k, v in results.items()}
+
+    def _setup(self, model: ImageClassifier, datamodule: ImageDataModule, stage: str) -> None:
+        """What Lightning does before a run: determinism, the data, the module's ``setup``."""
+        configure_determinism(self.settings)
+        datamodule.prepare_data()
+        datamodule.setup(stage)
+        model.class_names = list(datamodule.class_names)  # some data sets name their classes only now
+
+    def _metrics(self, stage: str, model: ImageClassifier) -> StageMetrics:
+        hp = model.hparams
+        return build_stage_metrics(stage, hp.num_classes, hp.num_misclassified_images).to(self.settings.device)
+
+    def _logger(self, model: ImageClassifier, datamodule: ImageDataModule) -> ReferenceLogger:
+        pictures = monitoring.PictureLog(model.log_images_every_n_epochs, datamodule.mean, datamodule.std)
+        return ReferenceLogger(self.log_dir, self.settings.log_every_n_steps, pictures, model.class_names)
+
+    def _progress(self, loader: Iterable, desc: str, total: int) -> Iterable:
+        """The loader as a progress bar over the batches the loop will take; a fresh bar every pass."""
+        if not self.settings.enable_progress_bar:
+            return loader
+        return ProgressBar(loader, f"reference {desc}", total)
+
+    def _save(self, state: dict, name: str) -> None:
+        path = self.log_dir / "checkpoints" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(state, path)
+
+    def _call(self, hook: str, model: ImageClassifier) -> None:
+        for callback in self.callbacks:
+            getattr(callback, hook)(self, model)
+
+
+class ProgressBar:
+    """An iterable shown as a progress bar, a new bar each time it is iterated."""
+
+    def __init__(self, iterable: Iterable, desc: str, total: int):
+        self.iterable, self.desc, self.total = iterable, desc, total
+
+    def __iter__(self):
+        yield from tqdm(self.iterable, desc=self.desc, leave=False, total=self.total)
+
+
+def configure_determinism(settings: TrainerSettings) -> None:
+    if settings.deterministic:  # what Trainer(deterministic=True) switches on
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=settings.deterministic == "warn")
+        torch.backends.cudnn.benchmark = False
+
+
+def checkpoint_dict(model: ImageClassifier, optimizer, scheduler, epoch: int, steps: int, best_val_acc) -> dict:
+    """A checkpoint in Lightning's layout (``state_dict`` keys under ``net.``), so either loop reads it."""
+    return {
+        "pytorch-lightning_version": lightning.__version__,  # `twinloop validate --ckpt_path` checks it
+        "epoch": epoch,
+        "global_step": steps,
+        "state_dict": {f"net.{k}": v for k, v in model.net.state_dict().items()},
+        "optimizer_states": [optimizer.state_dict()],
+        "lr_schedulers": [scheduler.state_dict()] if scheduler is not None else [],
+        "best_val_acc": best_val_acc,
+        "class_names": list(model.class_names),
+    }
+
+
+def load_checkpoint(model: ImageClassifier, ckpt_path: str) -> dict:
+    """Load a Lightning (or reference) checkpoint's network weights and class names; tensors and
+    plain data only (``weights_only``), so a checkpoint cannot run code."""
+    path = Path(ckpt_path)
+    if not path.is_file():
+        raise UserPathError(f"--ckpt_path: no such file: {path}")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    state = {k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
+    model.net.load_state_dict(state)
+    if checkpoint.get("class_names"):
+        model.class_names = list(checkpoint["class_names"])
+    return checkpoint
