@@ -6,9 +6,12 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install fit test lint tensorboard clean
+.PHONY: help install fit test lint format tensorboard clean
 
-install: $(STAMP)
+help:  ## list the targets
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+install: $(STAMP)  ## create .venv and install torch and the project (make fit/test do it themselves)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -17,17 +20,22 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[dev,notebooks]'
 	touch $(STAMP)
 
-fit: $(STAMP)
+fit: $(STAMP)  ## train the default digits config, print the validation accuracy
 	$(BIN)/twinloop fit -c configs/digits.yaml
 
-test: $(STAMP)
+test: $(STAMP)  ## the whole test suite (offline, CPU)
 	$(BIN)/python -m pytest -q
 
-lint: $(STAMP)
+lint: $(STAMP)  ## ruff check and ruff format --check
 	$(BIN)/ruff check project tests benchmarks
+	$(BIN)/ruff format --check project tests benchmarks
 
-tensorboard: $(STAMP)
+format: $(STAMP)  ## apply ruff's fixes and formatting
+	$(BIN)/ruff check --fix project tests benchmarks
+	$(BIN)/ruff format project tests benchmarks
+
+tensorboard: $(STAMP)  ## TensorBoard over lightning_logs on port 6006
 	$(BIN)/tensorboard --logdir lightning_logs
 
-clean:
+clean:  ## remove run outputs (lightning_logs, runs) and caches
 	rm -rf lightning_logs runs .pytest_cache
