@@ -189,7 +189,7 @@ class PictureLog:
 HPARAM_METRICS = ("val/acc", "val/loss", "val/acc_best")
 
 
-def run_hparams(config: Mapping) -> dict[str, bool | int | float | str]:
+def run_hparams(config: Mapping) -> dict[str, int | float | str]:
     """The few settings that make runs differ, for the HPARAMS tab; ``config.yaml`` keeps the rest."""
     model, data, trainer = config["model"], config["data"], config["trainer"]
     optimizer = model.get("optimizer") or {}
@@ -210,10 +210,14 @@ def run_hparams(config: Mapping) -> dict[str, bool | int | float | str]:
         "trainer/precision": trainer.get("precision"),
         "trainer/accumulate_grad_batches": trainer.get("accumulate_grad_batches"),
     }
-    return {k: v if isinstance(v, bool | int | float | str) else str(v) for k, v in values.items()}
+    # TensorBoard shows a bool as 0.0000 or 1.0000: words read better
+    return {
+        k: v if isinstance(v, int | float | str) and not isinstance(v, bool) else str(v).lower()
+        for k, v in values.items()
+    }
 
 
-def log_hparams(writer: SummaryWriter, hparams: Mapping[str, bool | int | float | str]) -> None:
+def log_hparams(writer: SummaryWriter, hparams: Mapping[str, int | float | str]) -> None:
     """One HPARAMS-tab entry for the run: its settings, with ``HPARAM_METRICS`` as the metric columns."""
     from torch.utils.tensorboard.summary import hparams as hparams_summaries
 

@@ -94,7 +94,7 @@ def test_hparams_tab_shows_the_settings_that_shape_a_result(pair, side):
     assert settings["model/backbone"] == "simple_cnn"
     assert settings["model/dropout"] == 0.25
     assert settings["data/dataset"] == "digits"
-    assert settings["data/batch_size"] == 64
+    assert settings["data/batch_size"] == 64 and settings["data/augment"] == "false"
     assert settings["optimizer"] == "SGD" and settings["optimizer/lr"] == 0.05
     assert settings["lr_scheduler"] == "none"
     assert settings["trainer/max_epochs"] == 2 and settings["seed"] == 42
