@@ -148,6 +148,7 @@ class ReferenceTrainer:
         if metrics.detailed:  # validation: the best so far, as the module restores and updates it
             metrics.best_acc = checkpoint.get("best_val_acc")
             metrics.record_best(float(results["val/acc"]))
+            results = metrics.epoch_summary(model.class_names)  # what Lightning's validate reports
         logger = self._logger(model, datamodule)
         logger.log_evaluation(metrics)
         logger.close()
