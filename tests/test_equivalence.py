@@ -80,11 +80,13 @@ def test_matrix(optimizer, scheduler, accumulate, clip):
         ["--trainer.gradient_clip_val=0.01", "--trainer.gradient_clip_algorithm=value"],
         ["--data.augment=true"],
         ["--data.num_workers=2", "--data.augment=true"],
+        ["--data.device_cache=true", "--data.augment=true"],
     ],
-    ids=["label-smoothing", "clip-value", "augment", "workers"],
+    ids=["label-smoothing", "clip-value", "augment", "workers", "device-cache"],
 )
 def test_more_settings(extra):
-    """Label smoothing, clipping by value, on-device augmentation and worker processes keep the loops equal."""
+    """Label smoothing, clipping by value, on-device augmentation, worker processes and the
+    device-resident data path keep the loops equal."""
     assert_equivalent(run_both([*EQUIV, *extra]), extra[0])
 
 
@@ -94,6 +96,13 @@ def test_the_last_batch_is_smaller():
     cli.datamodule.setup("fit")
     sizes = [len(y) for _, y in cli.datamodule.train_dataloader()]
     assert sizes == [32] * 6 + [24]
+
+
+def test_a_training_split_of_whole_batches():
+    """224 training digits in 7 whole batches: no smaller last batch, so the shuffling sampler never
+    runs dry within an epoch, and both loops must leave its generator alike for the next epoch."""
+    c = run_both([*EQUIV, "--data.val_fraction=0.8753"])
+    assert_equivalent(c, "whole batches")
 
 
 def test_bf16_autocast_on_cpu():

@@ -15,6 +15,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from project.augment import RandomCropFlip
+from project.data.device_cache import CachedSplit, DeviceBatches
 from project.data.new_images import FileListDataset, new_images
 from project.data.registry import DatasetName, build_source
 from project.data.source import SourceOptions
@@ -34,7 +35,9 @@ class ImageDataModule(L.LightningDataModule):
         val_fraction: held out with a seeded split when the data set has no validation split.
         image_size: resize to this square size (file images); null keeps the native size.
         augment: random crop with padding + horizontal flip, on train batches only.
-        num_workers: DataLoader worker processes.
+        num_workers: DataLoader worker processes (and for decoding the splits once, with ``device_cache``).
+        device_cache: hold every split in device memory as uint8 and batch it by slicing, with
+            normalisation and augmentation on the device: for data sets that fit in memory.
         seed: seeds the split, the shuffling and the augmentation (the CLI links it to
             ``seed_everything``).
         predict_root: folder of new images for ``predict`` (any layout).
@@ -52,6 +55,7 @@ class ImageDataModule(L.LightningDataModule):
         image_size: int | None = None,
         augment: bool = False,
         num_workers: int = 0,
+        device_cache: bool = False,
         seed: int = 42,
         predict_root: str | None = None,
         fake_size: int = 1000,
@@ -70,6 +74,8 @@ class ImageDataModule(L.LightningDataModule):
         self.image_size = image_size
         self.augment = augment
         self.num_workers = num_workers
+        self.device_cache = device_cache
+        self.device = torch.device("cpu")  # where device_cache puts the splits: the trainer sets it
         self.seed = seed
         self.predict_root = Path(predict_root) if predict_root is not None else None
         self.fake_size = fake_size
@@ -130,22 +136,42 @@ class ImageDataModule(L.LightningDataModule):
         self.source.prepare()
 
     def setup(self, stage: str | None = None) -> None:
+        if self.trainer is not None:  # Lightning's; the reference trainer sets .device itself
+            self.device = self.trainer.strategy.root_device
         if stage == "predict":
             self.predict_set = new_images(self.predict_root, self.source)
             return
         if self.train_set is not None:
             return
-        full, own_val = self.source.full_train(), self.source.own_val()
+        raw = self.device_cache  # cached splits hold images as stored and normalise whole batches
+        full, own_val = self.source.full_train(raw), self.source.own_val(raw)
         if own_val is not None:
             self.train_set, self.val_set = full, own_val
         else:
             self.train_set, self.val_set = seeded_split(full, self.val_fraction, self.seed)
-        own_test = self.source.own_test()
+        own_test = self.source.own_test(raw)
         self.test_set = own_test if own_test is not None else self.val_set
+        if self.device_cache:
+            cached = {id(s): CachedSplit(s, self.device, self.num_workers) for s in (self.train_set, self.val_set)}
+            cached.setdefault(id(self.test_set), CachedSplit(self.test_set, self.device, self.num_workers))
+            self.train_set, self.val_set, self.test_set = (
+                cached[id(s)] for s in (self.train_set, self.val_set, self.test_set)
+            )
+
+    def transfer_batch_to_device(self, batch, device: torch.device, dataloader_idx: int):
+        # Every batch is two tensors, (images, labels) or (images, indices): moved as such, rather
+        # than by Lightning's walk through a generic collection at every step. (The model summary
+        # sends its example input, one tensor, this way too.)
+        if isinstance(batch, Tensor):
+            return batch.to(device, non_blocking=True)
+        x, y = batch
+        return x.to(device, non_blocking=True), y.to(device, non_blocking=True)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        # Train batches only: Lightning's trainer says which stage runs this batch.
-        if self.augmenter is not None and self.trainer is not None and self.trainer.training:
+        # Train batches only: Lightning's trainer says which stage runs this batch. The model
+        # summary's example input (one tensor, no labels) is no training batch.
+        training = self.trainer is not None and self.trainer.training and not isinstance(batch, Tensor)
+        if self.augmenter is not None and training:
             x, y = batch
             return self.augment_batch(x), y
         return batch
@@ -153,21 +179,23 @@ class ImageDataModule(L.LightningDataModule):
     def augment_batch(self, x: Tensor) -> Tensor:
         return self.augmenter(x) if self.augmenter is not None else x
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> DataLoader | DeviceBatches:
         return self._loader(self.train_set, "train", shuffle=True)
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> DataLoader | DeviceBatches:
         return self._loader(self.val_set, "val")
 
-    def test_dataloader(self) -> DataLoader:
+    def test_dataloader(self) -> DataLoader | DeviceBatches:
         return self._loader(self.test_set, "test")
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader(self.predict_set, "predict")
 
-    def _loader(self, dataset: Dataset | None, stage: str, shuffle: bool = False) -> DataLoader:
+    def _loader(self, dataset: Dataset | None, stage: str, shuffle: bool = False) -> DataLoader | DeviceBatches:
         if dataset is None:
             raise RuntimeError(f"{stage} data is not set up: call setup() first")
+        if isinstance(dataset, CachedSplit):
+            return DeviceBatches(dataset, self.batch_size, self.source.to_model_input, self.generators[stage], shuffle)
         return DataLoader(
             dataset,
             batch_size=self.batch_size,

@@ -11,13 +11,18 @@ from project.data.split import seeded_split
 from project.data.transforms import Stats
 
 
-def digits_tensors() -> tuple[Tensor, Tensor]:
-    """scikit-learn's bundled 8x8 handwritten digits: (1797, 1, 8, 8) floats in [0, 1] and labels."""
+def digits_counts() -> tuple[Tensor, Tensor]:
+    """scikit-learn's bundled 8x8 handwritten digits as stored: (1797, 1, 8, 8) uint8 ink counts 0..16, and labels."""
     from sklearn.datasets import load_digits  # scikit-learn takes a second to import; only digits needs it
 
     digits = load_digits()
-    images = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
-    return images, torch.tensor(digits.target, dtype=torch.long)
+    return torch.tensor(digits.images, dtype=torch.uint8).unsqueeze(1), torch.tensor(digits.target, dtype=torch.long)
+
+
+def digits_tensors() -> tuple[Tensor, Tensor]:
+    """The digits as (1797, 1, 8, 8) floats in [0, 1], and labels."""
+    counts, labels = digits_counts()
+    return counts.float() / 16.0, labels
 
 
 class DigitsData(DataSource):
@@ -48,7 +53,10 @@ class DigitsData(DataSource):
             self._stats = ((pixels.mean().item(),), (pixels.std().item(),))
         return self._stats
 
-    def full_train(self) -> TensorDataset:
-        images, labels = digits_tensors()
+    def to_model_input(self, x: Tensor) -> Tensor:
         (mean,), (std,) = self.normalization()
-        return TensorDataset((images - mean) / std, labels)
+        return (x.float() / 16.0 - mean) / std
+
+    def full_train(self, raw: bool = False) -> TensorDataset:
+        counts, labels = digits_counts()
+        return TensorDataset(counts if raw else self.to_model_input(counts), labels)

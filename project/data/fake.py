@@ -35,11 +35,11 @@ class FakeData(DataSource):
     def normalization(self) -> Stats:
         return ((0.5,) * self.channels, (0.2887,) * self.channels)  # uniform on [0, 1]: std 1/sqrt(12)
 
-    def full_train(self) -> tvd.FakeData:
+    def full_train(self, raw: bool = False) -> tvd.FakeData:
         return tvd.FakeData(
             size=self.size,
             image_size=self.image_shape,
             num_classes=self.num_classes,
-            transform=image_transform(self.normalization()),
+            transform=image_transform(self.normalization(), raw=raw),
             random_offset=self.seed,
         )

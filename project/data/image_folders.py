@@ -110,16 +110,16 @@ class ImageFolderData(DataSource):
             self._stats = imagefolder_stats(files, image_transform(None, self.resize_hw))
         return self._stats
 
-    def full_train(self) -> tvd.ImageFolder:
-        return image_folder(self.train_dir(), self._transform())
+    def full_train(self, raw: bool = False) -> tvd.ImageFolder:
+        return image_folder(self.train_dir(), self._transform(raw))
 
-    def own_val(self) -> tvd.ImageFolder | None:
+    def own_val(self, raw: bool = False) -> tvd.ImageFolder | None:
         val_dir = self._val_dir()
-        return image_folder(val_dir, self._transform()) if val_dir is not None else None
+        return image_folder(val_dir, self._transform(raw)) if val_dir is not None else None
 
-    def own_test(self) -> tvd.ImageFolder | None:
+    def own_test(self, raw: bool = False) -> tvd.ImageFolder | None:
         test_dir = self._test_dir()
-        return image_folder(test_dir, self._transform()) if test_dir is not None else None
+        return image_folder(test_dir, self._transform(raw)) if test_dir is not None else None
 
     def _test_dir(self) -> Path | None:
         self.train_dir()  # a missing root is named first
@@ -141,5 +141,5 @@ class ImageFolderData(DataSource):
         """What the statistics come from: all of ``full`` beside a val folder, else the split's training side."""
         return full if self._val_dir() is not None else seeded_split(full, self.val_fraction, self.seed)[0]
 
-    def _transform(self) -> Callable:
-        return image_transform(self.normalization(), self.resize_hw)
+    def _transform(self, raw: bool) -> Callable:
+        return image_transform(self.normalization(), self.resize_hw, raw=raw)

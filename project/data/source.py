@@ -6,9 +6,10 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 
+from torch import Tensor
 from torch.utils.data import Dataset
 
-from project.data.transforms import Stats
+from project.data.transforms import Stats, normalize_batch
 
 
 @dataclass(frozen=True)
@@ -64,14 +65,21 @@ class DataSource(ABC):
     def normalization(self) -> Stats:
         """Per-channel (mean, std) that the datasets are normalized with."""
 
-    @abstractmethod
-    def full_train(self) -> Dataset:
-        """Every labelled training image, normalized; split by the data module when there is no ``own_val``."""
+    def to_model_input(self, x: Tensor) -> Tensor:
+        """A (B, C, H, W) batch from a ``raw`` dataset made into exactly what the normalized datasets
+        yield: float32, scaled and normalized, computed on ``x``'s device."""
+        return normalize_batch(x, self.normalization())
 
-    def own_val(self) -> Dataset | None:
+    # Each dataset method gives (image, label) pairs: normalized float (C, H, W) images, or with
+    # ``raw`` the images as stored (uint8), which ``to_model_input`` turns into the former.
+    @abstractmethod
+    def full_train(self, raw: bool = False) -> Dataset:
+        """Every labelled training image; split by the data module when there is no ``own_val``."""
+
+    def own_val(self, raw: bool = False) -> Dataset | None:
         """The data set's own validation images, or None to hold out part of ``full_train``."""
         return None
 
-    def own_test(self) -> Dataset | None:
+    def own_test(self, raw: bool = False) -> Dataset | None:
         """The data set's own test images, or None to test on the validation images."""
         return None

@@ -43,14 +43,14 @@ class TorchvisionData(DataSource):
     def normalization(self) -> Stats:
         return (self.mean, self.std)
 
-    def full_train(self) -> tvd.VisionDataset:
-        return self._read(train=True)
+    def full_train(self, raw: bool = False) -> tvd.VisionDataset:
+        return self._read(train=True, raw=raw)
 
-    def own_test(self) -> tvd.VisionDataset:
-        return self._read(train=False)
+    def own_test(self, raw: bool = False) -> tvd.VisionDataset:
+        return self._read(train=False, raw=raw)
 
-    def _read(self, train: bool) -> tvd.VisionDataset:
-        transform = image_transform(self.normalization())
+    def _read(self, train: bool, raw: bool) -> tvd.VisionDataset:
+        transform = image_transform(self.normalization(), raw=raw)
         return self.dataset_class(str(self.root), train=train, download=False, transform=transform)
 
 

@@ -36,9 +36,10 @@ def grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler:
 
 
 def batches(loader: Iterable, device: torch.device, limit: int) -> Iterator[tuple[Tensor, Tensor]]:
-    """The first ``limit`` batches of ``loader``, moved to ``device``."""
+    """The first ``limit`` batches of ``loader``, moved to ``device`` (from pinned memory, without
+    waiting for the copy; a batch already there stays as it is)."""
     for x, y in islice(loader, limit):
-        yield x.to(device), y.to(device)
+        yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
 
 
 def clip_gradients(model: nn.Module, value: float | None, algorithm: str) -> None:

@@ -157,6 +157,7 @@ class ReferenceTrainer:
     def _setup(self, model: ImageClassifier, datamodule: ImageDataModule, stage: str) -> None:
         """What Lightning does before a run: determinism, the data, the module's ``setup``."""
         configure_determinism(self.settings)
+        datamodule.device = self.settings.device  # where a device_cache holds the data
         datamodule.prepare_data()
         datamodule.setup(stage)
         model.class_names = list(datamodule.class_names)  # some data sets name their classes only now

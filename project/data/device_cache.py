@@ -1,0 +1,64 @@
+"""The device-resident data path (``data.device_cache``): a whole split held in device memory as
+uint8 and served in batches by slicing, with shuffling, normalisation and augmentation on the
+device and no per-sample Python. For data sets that fit: digits, MNIST, CIFAR, small folders."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+
+class CachedSplit:
+    """Every (image, label) of one split, decoded once: (N, C, H, W) uint8 and (N,) int64 on ``device``."""
+
+    def __init__(self, dataset: Dataset, device: torch.device, num_workers: int = 0):
+        # The split's own order; a private generator keeps the global RNG (Dropout's) untouched.
+        loader = DataLoader(dataset, batch_size=512, num_workers=num_workers, generator=torch.Generator())
+        images, labels = zip(*loader)
+        self.images = torch.cat(images).to(device)
+        self.labels = torch.cat(labels).to(device)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+class DeviceBatches:
+    """Batches of a ``CachedSplit``, like a ``DataLoader`` over it with the same ``generator``.
+
+    Each pass draws from the generator what a DataLoader with a ``RandomSampler`` draws, at the
+    same points: one number for the iterator's base seed, the permutation, and, once the sampler
+    runs dry (forming a smaller last batch, or asked for one past the last whole batch), a second
+    permutation it throws away. So both paths visit
+    the samples in the same order, epoch after epoch, and leave the generator in the same state.
+    """
+
+    def __init__(
+        self,
+        split: CachedSplit,
+        batch_size: int,
+        to_model_input: Callable[[Tensor], Tensor],
+        generator: torch.Generator,
+        shuffle: bool = False,
+    ):
+        self.split, self.batch_size, self.to_model_input = split, batch_size, to_model_input
+        self.generator, self.shuffle = generator, shuffle
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.split) / self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        n = len(self.split)
+        torch.empty((), dtype=torch.int64).random_(generator=self.generator)  # the base seed a DataLoader draws
+        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+        order = order.to(self.split.labels.device)
+        for start in range(0, n, self.batch_size):
+            if self.shuffle and start + self.batch_size > n:
+                torch.randperm(n, generator=self.generator)  # the sampler running dry
+            index = order[start : start + self.batch_size]
+            yield self.to_model_input(self.split.images[index]), self.split.labels[index]
+        if self.shuffle and n % self.batch_size == 0:
+            torch.randperm(n, generator=self.generator)  # asked past the last whole batch: the sampler runs dry
