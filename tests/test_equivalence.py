@@ -81,8 +81,9 @@ def test_matrix(optimizer, scheduler, accumulate, clip):
         ["--data.augment=true"],
         ["--data.num_workers=2", "--data.augment=true"],
         ["--data.device_cache=true", "--data.augment=true"],
+        ["--model.channels_last=true", "--model.optimizer.init_args.fused=true", "--trainer.benchmark=true"],
     ],
-    ids=["label-smoothing", "clip-value", "augment", "workers", "device-cache"],
+    ids=["label-smoothing", "clip-value", "augment", "workers", "device-cache", "channels-last-fused"],
 )
 def test_more_settings(extra):
     """Label smoothing, clipping by value, on-device augmentation, worker processes and the
@@ -96,6 +97,20 @@ def test_the_last_batch_is_smaller():
     cli.datamodule.setup("fit")
     sizes = [len(y) for _, y in cli.datamodule.train_dataloader()]
     assert sizes == [32] * 6 + [24]
+
+
+@pytest.mark.slow
+def test_compiled_network_within_a_stated_tolerance():
+    """torch.compile in both loops: the same to 1e-5, not bit for bit. Inductor's kernels follow where
+    the graph breaks, and the reference's logging hook breaks it elsewhere than Lightning's calls do."""
+    args = [*EQUIV, "--trainer.max_epochs=2", "--data.device_cache=true", "--model.compile=default"]
+    lit = compare.run_lightning(args, Path("runs"), "compiled")
+    ref = compare.run_reference(args, Path("runs/compiled/reference"))
+    c = compare.compare(lit, ref, atol=1e-5)
+    EQUIVALENCE_RESULTS.append(("torch.compile (atol 1e-5)", c.max_step_tensor_diff))
+    assert c.equivalent, compare.format_table(c)
+    assert c.batches == 14 and len(c.val) == 2
+    assert lit.net._compiled_call_impl is not None  # it really ran compiled
 
 
 def test_a_training_split_of_whole_batches():

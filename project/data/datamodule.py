@@ -194,8 +194,10 @@ class ImageDataModule(L.LightningDataModule):
     def _loader(self, dataset: Dataset | None, stage: str, shuffle: bool = False) -> DataLoader | DeviceBatches:
         if dataset is None:
             raise RuntimeError(f"{stage} data is not set up: call setup() first")
-        if isinstance(dataset, CachedSplit):
-            return DeviceBatches(dataset, self.batch_size, self.source.to_model_input, self.generators[stage], shuffle)
+        if isinstance(dataset, CachedSplit):  # on the device of the latest setup, whoever called it first
+            return DeviceBatches(
+                dataset.to(self.device), self.batch_size, self.source.to_model_input, self.generators[stage], shuffle
+            )
         return DataLoader(
             dataset,
             batch_size=self.batch_size,

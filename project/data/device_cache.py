@@ -25,6 +25,11 @@ class CachedSplit:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def to(self, device: torch.device) -> CachedSplit:
+        """Move the split to ``device`` (once; a no-op where it is already)."""
+        self.images, self.labels = self.images.to(device), self.labels.to(device)
+        return self
+
 
 class DeviceBatches:
     """Batches of a ``CachedSplit``, like a ``DataLoader`` over it with the same ``generator``.

@@ -20,8 +20,20 @@ def build_network(
     in_channels: int = 3,
     small_input_stem: bool = False,
     dropout: float = 0.0,
+    channels_last: bool = False,
+    compile_mode: str | None = None,
 ) -> nn.Module:
-    """Build a freshly initialised classifier network (no pretrained weights: nothing is downloaded)."""
+    """Build a freshly initialised classifier network (no pretrained weights: nothing is downloaded),
+    in channels-last memory format and compiled (in place, so its state_dict keys stay) if asked."""
+    net = _architecture(backbone, num_classes, in_channels, small_input_stem, dropout)
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    if compile_mode is not None:
+        net.compile(mode=compile_mode)
+    return net
+
+
+def _architecture(backbone: str, num_classes: int, in_channels: int, small_input_stem: bool, dropout: float):
     if backbone == "simple_cnn":
         return SimpleCNN(num_classes=num_classes, in_channels=in_channels, dropout=dropout)
     if backbone not in torchvision.models.list_models(module=torchvision.models):

@@ -26,6 +26,7 @@ HONOURED_TRAINER_KEYS = {
     "check_val_every_n_epoch",
     "default_root_dir",  # through the logger's save_dir, which the CLI sets from it
     "deterministic",
+    "benchmark",
     "log_every_n_steps",
     # no effect on the numbers: the sanity pass runs under isolate_rng, bars and summaries only print
     "num_sanity_val_steps",
@@ -61,6 +62,7 @@ class TrainerSettings:
     limit_test_batches: int | float = 1.0
     check_val_every_n_epoch: int = 1
     deterministic: bool | str = False  # True, False or "warn"
+    benchmark: bool | None = None  # cudnn.benchmark; None leaves it as it is
     log_every_n_steps: int = 50
     enable_progress_bar: bool = True
     enable_checkpointing: bool = True
@@ -85,6 +87,7 @@ class TrainerSettings:
             limit_test_batches=read_limit(trainer.get("limit_test_batches"), "limit_test_batches"),
             check_val_every_n_epoch=int(trainer.get("check_val_every_n_epoch") or 1),
             deterministic=trainer.get("deterministic") or False,
+            benchmark=trainer.get("benchmark"),
             log_every_n_steps=50 if every is None else int(every),
             enable_progress_bar=trainer.get("enable_progress_bar") is not False,
             enable_checkpointing=trainer.get("enable_checkpointing") is not False,

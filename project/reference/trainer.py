@@ -197,10 +197,13 @@ class ProgressBar:
 
 
 def configure_determinism(settings: TrainerSettings) -> None:
-    if settings.deterministic:  # what Trainer(deterministic=True) switches on
+    """What Trainer(deterministic=..., benchmark=...) switches: deterministic algorithms, and
+    cuDNN's autotuner (off under determinism unless asked for)."""
+    if settings.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=settings.deterministic == "warn")
-        torch.backends.cudnn.benchmark = False
+    if settings.benchmark is not None or settings.deterministic:
+        torch.backends.cudnn.benchmark = bool(settings.benchmark)
 
 
 def checkpoint_dict(model: ImageClassifier, optimizer, scheduler, epoch: int, steps: int, best_val_acc) -> dict:

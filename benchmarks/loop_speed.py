@@ -1,0 +1,229 @@
+"""Training speed of the Lightning path, the reference loop and a bare textbook loop, side by side.
+
+All three run in ONE process on one config, interleaved and repeated (the order rotates every
+round), so a noisy machine slows them alike. Each run is timed from the first training batch of
+epoch 1 to the first of the last epoch: whole epochs in steady state, validation included.
+
+    python benchmarks/loop_speed.py                                   # digits on the CPU, small
+    python benchmarks/loop_speed.py -c configs/gpu_fast.yaml --epochs 4 --repeats 3
+
+Other options are `twinloop` config overrides. The bare loop is the textbook one: an fp32
+DataLoader loop with `zero_grad`, forward, loss, `backward`, `step` and a plain evaluation pass,
+no metrics, logging or checkpoints, whatever the config's fast-path switches. It prints a table
+and writes JSON (default: benchmarks/results/loop_speed-<device>.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from datetime import date
+from pathlib import Path
+
+import lightning
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from project.cli import TwinloopCLI
+from project.reference.config import load_run
+
+QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
+
+
+class Stopwatch:
+    """Timestamps of every training forward of a network: the clock the three loops share."""
+
+    def __init__(self, net: torch.nn.Module, device: torch.device):
+        self.times: list[float] = []
+        self.device = device
+        self.handle = net.register_forward_pre_hook(self._stamp)
+
+    def _stamp(self, module, inputs) -> None:
+        if module.training and torch.is_grad_enabled():
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)  # the time a step really ends, not when it was queued
+            self.times.append(time.perf_counter())
+
+    def result(self, epochs: int) -> dict:
+        self.handle.remove()
+        n = len(self.times) // epochs  # every epoch takes the same number of batches
+        start, end = self.times[n], self.times[(epochs - 1) * n]
+        steps = (epochs - 2) * n
+        return {"seconds": end - start, "ms_per_step": 1000 * (end - start) / steps, "steps": steps}
+
+
+def run_lightning(args: list[str], epochs: int, workdir: Path) -> dict:
+    cli = TwinloopCLI(
+        args=[*args, f"--trainer.max_epochs={epochs}", f"--trainer.default_root_dir={workdir}"], run=False
+    )
+    clock = Stopwatch(cli.model.net, cli.trainer.strategy.root_device)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    return clock.result(epochs)
+
+
+def run_reference(args: list[str], epochs: int, workdir: Path) -> dict:
+    run = load_run([*args, f"--trainer.max_epochs={epochs}"], workdir / "reference")
+    clock = Stopwatch(run.model.net, run.trainer.settings.device)
+    run.trainer.fit(run.model, run.datamodule)
+    return clock.result(epochs)
+
+
+def run_bare(args: list[str], epochs: int, workdir: Path) -> dict:
+    """The textbook loop: fp32, DataLoaders, no metrics, no logging."""
+    run = load_run([*args, "--data.device_cache=false"])
+    dm, model, device = run.datamodule, run.model, run.trainer.settings.device
+    dm.prepare_data()
+    dm.setup("fit")
+    train_loader, val_loader = dm.train_dataloader(), dm.val_dataloader()
+    net, criterion = model.net.to(device), model.criterion
+    optimizer = model.optimizer_factory(net.parameters())
+    clock = Stopwatch(net, device)
+    for _ in range(epochs):
+        net.train()
+        for x, y in train_loader:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            optimizer.zero_grad()
+            loss = criterion(net(x), y)
+            loss.backward()
+            optimizer.step()
+        net.eval()
+        with torch.no_grad():
+            for x, y in val_loader:
+                criterion(net(x.to(device, non_blocking=True)), y.to(device, non_blocking=True))
+    return clock.result(epochs)
+
+
+LOOPS = {"lightning": run_lightning, "reference": run_reference, "bare": run_bare}
+
+
+def flops_per_training_image(args: list[str]) -> float | None:
+    """Forward FLOPs of one image, times 3 (forward + backward), counted by torch's FlopCounterMode."""
+    run = load_run(args)
+    dm = run.datamodule
+    x = torch.zeros(2, dm.in_channels, *dm.input_hw)
+    net = run.model.net.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        net(x)
+    total = counter.get_total_flops()
+    return 3 * total / 2 if total else None
+
+
+def peak_flops(device: torch.device, dtype: torch.dtype) -> float:
+    """Measured matmul throughput of this device in ``dtype`` (FLOP/s): the denominator of MFU."""
+    n = 4096 if device.type == "cuda" else 1024
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    reps = 50 if device.type == "cuda" else 5
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return 2 * n**3 * reps / (time.perf_counter() - start)
+
+
+def measure(args: list[str], epochs: int, repeats: int) -> dict:
+    results: dict[str, list[dict]] = {name: [] for name in LOOPS}
+    order = list(LOOPS)
+    for round_ in range(repeats):
+        for name in order[round_ % 3 :] + order[: round_ % 3]:
+            with tempfile.TemporaryDirectory() as workdir:
+                if torch.cuda.is_available():
+                    torch.cuda.reset_peak_memory_stats()
+                result = LOOPS[name](args, epochs, Path(workdir))
+                if torch.cuda.is_available():
+                    result["peak_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
+                results[name].append(result)
+            print(f"round {round_ + 1}/{repeats} {name:<10} {result['ms_per_step']:.3f} ms/step", file=sys.stderr)
+    return results
+
+
+def summarize(args: list[str], results: dict, epochs: int) -> dict:
+    probe = load_run(args)
+    dm, settings = probe.datamodule, probe.trainer.settings
+    images_per_step = dm.batch_size * settings.accumulate_grad_batches
+    loops = {}
+    for name, runs in results.items():
+        ms = statistics.median(r["ms_per_step"] for r in runs)
+        loops[name] = {
+            "ms_per_step": ms,
+            "img_per_s": images_per_step * 1000 / ms,
+            "runs_ms_per_step": [r["ms_per_step"] for r in runs],
+            "peak_memory_mb": max((r.get("peak_memory_mb", 0) for r in runs), default=None) or None,
+        }
+    flops = flops_per_training_image(args)
+    dtype = {"32-true": torch.float32, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}[settings.precision]
+    peak = peak_flops(settings.device, dtype)
+    for loop in loops.values():
+        loop["mfu"] = loop["img_per_s"] * flops / peak if flops else None
+    device = settings.device
+    return {
+        "date": date.today().isoformat(),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)",
+        "torch": torch.__version__,
+        "lightning": lightning.__version__,
+        "python": platform.python_version(),
+        "command": "python benchmarks/loop_speed.py " + " ".join(sys.argv[1:]),
+        "config_args": args,
+        "precision": settings.precision,
+        "epochs": epochs,
+        "repeats": len(next(iter(results.values()))),
+        "images_per_step": images_per_step,
+        "flops_per_training_image": flops,
+        "measured_peak_flops": peak,
+        "loops": loops,
+        "ratios": {
+            "lightning/reference": loops["lightning"]["img_per_s"] / loops["reference"]["img_per_s"],
+            "reference/bare": loops["reference"]["img_per_s"] / loops["bare"]["img_per_s"],
+            "lightning/bare": loops["lightning"]["img_per_s"] / loops["bare"]["img_per_s"],
+        },
+        "lightning_overhead_ms_per_step": loops["lightning"]["ms_per_step"] - loops["reference"]["ms_per_step"],
+    }
+
+
+def print_table(summary: dict) -> None:
+    print(f"{summary['device']}, torch {summary['torch']}, lightning {summary['lightning']}, {summary['precision']}")
+    print(f"{'loop':<11}{'img/s':>11}{'ms/step':>10}{'MFU':>8}{'peak MB':>9}")
+    for name, loop in summary["loops"].items():
+        mfu = f"{100 * loop['mfu']:.1f}%" if loop["mfu"] is not None else "-"
+        mem = f"{loop['peak_memory_mb']:.0f}" if loop["peak_memory_mb"] else "-"
+        print(f"{name:<11}{loop['img_per_s']:>11.0f}{loop['ms_per_step']:>10.3f}{mfu:>8}{mem:>9}")
+    for key, value in summary["ratios"].items():
+        print(f"{key:<20} {value:.3f}")
+    print(f"Lightning overhead per step over the reference: {summary['lightning_overhead_ms_per_step']:+.3f} ms")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=15, help="epochs per run (at least 3; the first is warm-up)")
+    parser.add_argument("--repeats", type=int, default=5, help="runs of each loop, interleaved")
+    parser.add_argument(
+        "--json", help="where to write the results (default: benchmarks/results/loop_speed-<device>.json)"
+    )
+    opts, rest = parser.parse_known_args(argv)
+    if opts.epochs < 3:
+        parser.error("--epochs must be at least 3")
+    args = [*QUIET, "--model.log_images_every_n_epochs=0", *(rest or ["-c", "configs/digits.yaml"])]
+    warnings.filterwarnings("ignore")
+    summary = summarize(args, measure(args, opts.epochs, opts.repeats), opts.epochs)
+    print_table(summary)
+    default = Path("benchmarks/results") / f"loop_speed-{'gpu' if torch.cuda.is_available() else 'cpu'}.json"
+    out = Path(opts.json) if opts.json else default
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(summary, indent=2))
+    print(f"wrote {out}")
+    return summary
+
+
+if __name__ == "__main__":
+    main()
