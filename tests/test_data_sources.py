@@ -9,8 +9,10 @@ from typing import get_args, get_type_hints
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from sklearn.datasets import load_digits
 from torchvision import datasets as tvd
+from torchvision.transforms.v2.functional import pil_to_tensor
 
 from project.data import (
     SOURCES,
@@ -25,7 +27,9 @@ from project.data import (
     image_files,
     image_transform,
     imagefolder_stats,
+    load_rgb,
     new_images,
+    read_rgb,
 )
 from project.errors import ConfigError, UserPathError
 from tests.helpers import make_image_folder, write_image
@@ -239,3 +243,18 @@ def test_mnist_source_facts_need_no_files(tmp_path):
     assert (source.channels, source.input_hw, len(source.class_names)) == (1, (28, 28), 10)
     assert source.normalization() == ((0.1307,), (0.3081,))
     assert not (tmp_path / "nowhere").exists()
+
+
+def test_fast_decoding_gives_the_pixels_pil_gives(tmp_path):
+    """read_rgb (torchvision.io for JPEG and PNG) equals PIL's RGB conversion for every mode the tests write,
+    CMYK JPEG and palette PNG with transparency included."""
+    folder = make_image_folder(tmp_path / "modes", per_class=6)
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (9, 7, 3), dtype=np.uint8)).convert("CMYK").save(tmp_path / "cmyk.jpg")
+    palette = Image.fromarray(rng.integers(0, 4, (9, 7), dtype=np.uint8), "P")
+    palette.info["transparency"] = 0
+    palette.save(tmp_path / "transparent.png", transparency=0)
+    files = [*image_files(folder), tmp_path / "cmyk.jpg", tmp_path / "transparent.png"]
+    assert len(files) == 20
+    for path in files:
+        assert torch.equal(read_rgb(str(path)), pil_to_tensor(load_rgb(str(path)))), path

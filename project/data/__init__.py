@@ -3,7 +3,7 @@
 from project.data.datamodule import ImageDataModule
 from project.data.digits import DigitsData, digits_tensors
 from project.data.fake import FakeData
-from project.data.files import IMAGE_EXTENSIONS, class_folders, image_files, load_rgb, uniform_size
+from project.data.files import IMAGE_EXTENSIONS, class_folders, image_files, load_rgb, read_rgb, uniform_size
 from project.data.image_folders import ImageFolderData, image_folder, imagefolder_stats
 from project.data.new_images import FileListDataset, new_images
 from project.data.registry import SOURCES, DatasetName, build_source
@@ -49,6 +49,7 @@ __all__ = [
     "image_transform",
     "imagefolder_stats",
     "load_rgb",
+    "read_rgb",
     "new_images",
     "seeded_split",
     "uniform_size",

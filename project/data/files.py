@@ -5,10 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from PIL import Image
+from torch import Tensor
+from torchvision.io import ImageReadMode, decode_image, read_file
+from torchvision.transforms.v2.functional import pil_to_tensor
 
 from project.errors import ConfigError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+# Decoded by torchvision.io: about 1.5 times PIL's speed (benchmarks/decode_speed.py), same pixels.
+FAST_DECODE = (".png", ".jpg", ".jpeg")
 
 
 def load_rgb(path: str) -> Image.Image:
@@ -17,6 +22,13 @@ def load_rgb(path: str) -> Image.Image:
         if img.mode in ("P", "PA", "LA", "RGBA") or "transparency" in img.info:
             img = img.convert("RGBA")
         return img.convert("RGB")
+
+
+def read_rgb(path: str) -> Tensor:
+    """Any image file as a (3, H, W) uint8 RGB tensor: torchvision.io decodes JPEG and PNG, PIL the rest."""
+    if path.lower().endswith(FAST_DECODE):
+        return decode_image(read_file(path), mode=ImageReadMode.RGB)
+    return pil_to_tensor(load_rgb(path))
 
 
 def image_files(folder: Path) -> list[Path]:

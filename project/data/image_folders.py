@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import Dataset, Subset
 from torchvision import datasets as tvd
 
-from project.data.files import IMAGE_EXTENSIONS, class_folders, image_files, load_rgb, uniform_size
+from project.data.files import IMAGE_EXTENSIONS, class_folders, image_files, read_rgb, uniform_size
 from project.data.source import DataSource, SourceOptions
 from project.data.split import seeded_split
 from project.data.transforms import Stats, image_transform
@@ -22,7 +22,7 @@ def image_folder(folder: Path, transform: Callable | None = None) -> tvd.ImageFo
         return tvd.ImageFolder(
             str(folder),
             transform=transform,
-            loader=load_rgb,
+            loader=read_rgb,
             is_valid_file=lambda p: p.lower().endswith(IMAGE_EXTENSIONS),
         )
     except FileNotFoundError as exc:  # a class folder without images: the user's folder, not a bug
@@ -32,7 +32,7 @@ def image_folder(folder: Path, transform: Callable | None = None) -> tvd.ImageFo
 def imagefolder_stats(files: list[Path], transform: Callable, max_images: int = 256) -> Stats:
     """Per-channel mean and std of (up to ``max_images`` evenly spaced) training images."""
     step = max(1, len(files) // max_images)
-    pixels = torch.cat([transform(load_rgb(str(p))).flatten(1) for p in files[::step]], dim=1)  # (3, N)
+    pixels = torch.cat([transform(read_rgb(str(p))).flatten(1) for p in files[::step]], dim=1)  # (3, N)
     std = pixels.std(dim=1).clamp_min(1e-3)
     return tuple(pixels.mean(dim=1).tolist()), tuple(std.tolist())
 
