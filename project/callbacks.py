@@ -1,4 +1,4 @@
-"""Callbacks the CLI always adds: best/last checkpoints and the predictions CSV."""
+"""Callbacks the CLI always adds: best/last checkpoints, the predictions CSV, and an out-of-memory hint."""
 
 from __future__ import annotations
 
@@ -6,7 +6,10 @@ import csv
 from pathlib import Path
 
 import lightning as L
-from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint
+import torch
+from lightning.pytorch.callbacks import BasePredictionWriter, Callback, ModelCheckpoint
+
+from project.errors import out_of_memory_hint
 
 
 class LatestCheckpoint(ModelCheckpoint):
@@ -52,3 +55,11 @@ class PredictionCSV(BasePredictionWriter):
                     writer.writerow([str(dataset.paths[i]), names[label], f"{p:.6f}"])
         self.written = out
         print(f"Wrote {sum(len(b['index']) for b in predictions)} predictions to {out}")
+
+
+class OutOfMemoryHint(Callback):
+    """Gives a device out-of-memory error the batch size and what to change, for the one-line report."""
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        if isinstance(exception, torch.OutOfMemoryError) and trainer.datamodule is not None:
+            exception.hint = out_of_memory_hint(trainer.datamodule.batch_size, str(trainer.precision))

@@ -9,7 +9,7 @@ from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelChec
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from project.callbacks import LatestCheckpoint, PredictionCSV
+from project.callbacks import LatestCheckpoint, OutOfMemoryHint, PredictionCSV
 from project.data import ImageDataModule
 from project.errors import UserPathError, reported_as_exit
 from project.factory import DEFAULT_OPTIMIZER
@@ -69,12 +69,13 @@ class TwinloopCLI(LightningCLI):
     def _instantiate_trainer(self, config: dict, callbacks: list):
         """LightningCLI's one place to change the callbacks it gives the Trainer (private API;
         ``tests/test_cli.py`` fails if it changes): the checkpoint callbacks are always added from
-        the config, so `--trainer.enable_checkpointing=false` drops them here, and the run's
-        settings go to the HPARAMS tab."""
+        the config, so `--trainer.enable_checkpointing=false` drops them here; the run's settings
+        go to the HPARAMS tab, and an out-of-memory error gets its hint."""
         if config.get("enable_checkpointing") is False:
             callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
         run_config = self.config[self.subcommand] if self.subcommand else self.config
-        return super()._instantiate_trainer(config, [*callbacks, RunConfigLogger(run_config.as_dict())])
+        extra = [RunConfigLogger(run_config.as_dict()), OutOfMemoryHint()]
+        return super()._instantiate_trainer(config, [*callbacks, *extra])
 
     def after_fit(self) -> None:
         ckpt = self.trainer.checkpoint_callback

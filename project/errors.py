@@ -6,6 +6,8 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import torch
+
 
 class ConfigError(ValueError):
     """A config value that cannot work; the message names the key and what to do."""
@@ -23,6 +25,29 @@ class UserPathError(RuntimeError):
     """
 
 
+class NonFiniteLossError(ArithmeticError):
+    """Training met a NaN or infinite loss and stopped before it reached the weights or a checkpoint."""
+
+
+def check_finite_loss(loss, where: str) -> None:
+    """Stop a run at the first non-finite loss, naming ``where`` (epoch, batch, step): once a NaN
+    reaches the gradients, every weight after it is NaN, and so would be every later checkpoint."""
+    if not bool(loss.isfinite()):
+        raise NonFiniteLossError(
+            f"the loss is {float(loss)} at {where}; training stopped, and the checkpoints already written "
+            "are the last finite ones. Lower the learning rate, or clip gradients (--trainer.gradient_clip_val)."
+        )
+
+
+def out_of_memory_hint(batch_size: int, precision: str) -> str:
+    """What to tell a user whose device ran out of memory (kept on the exception as ``hint``)."""
+    return (
+        f"the device ran out of memory with data.batch_size={batch_size} (precision {precision}). Lower "
+        "--data.batch_size, or keep the effective batch with a smaller one and --trainer.accumulate_grad_batches N; "
+        "--trainer.precision bf16-mixed also halves the activations' memory."
+    )
+
+
 @contextmanager
 def reported_as_exit() -> Iterator[None]:
     """Turn user-fixable errors into ``error: ...`` on stderr and an exit status: 2 for a bad
@@ -32,6 +57,9 @@ def reported_as_exit() -> Iterator[None]:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
-    except (DataUnavailableError, UserPathError) as exc:
+    except (DataUnavailableError, UserPathError, NonFiniteLossError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1)
+    except torch.OutOfMemoryError as exc:
+        print(f"error: {getattr(exc, 'hint', 'the device ran out of memory')}", file=sys.stderr)
         sys.exit(1)

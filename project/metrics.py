@@ -18,7 +18,7 @@ class StageMetrics(nn.Module):
     def __init__(self, stage: str, num_classes: int, detailed: bool = False, keep_misclassified: int = 16):
         super().__init__()
         self.stage = stage
-        self.loss = MeanMetric()
+        self.loss = MeanMetric(nan_strategy="disable")  # a NaN loss makes the mean NaN: never hidden
         metrics = {"acc": MulticlassAccuracy(num_classes, average="micro")}
         if num_classes > 5:
             metrics["acc_top5"] = MulticlassAccuracy(num_classes, top_k=5, average="micro")

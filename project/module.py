@@ -11,6 +11,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
 
 from project import monitoring
+from project.errors import check_finite_loss
 from project.factory import build_criterion, build_optimization, default_optimizer
 from project.metrics import StageMetrics, build_stage_metrics
 from project.models import build_network
@@ -95,15 +96,18 @@ class ImageClassifier(L.LightningModule):
         # mode would otherwise train with frozen BatchNorm statistics and no dropout.
         self.train()
 
-    def _shared_step(self, batch, metrics: StageMetrics) -> Tensor:
+    def _shared_step(self, batch, metrics: StageMetrics, where: str | None = None) -> Tensor:
         x, y = batch
         logits = self(x)
         loss = self.criterion(logits, y)
+        if where is not None:
+            check_finite_loss(loss, where)
         metrics.update(logits, y, loss, images=x)
         return loss
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
-        loss = self._shared_step(batch, self.train_metrics)
+        where = f"epoch {self.current_epoch}, batch {batch_idx} (step {self.global_step})"
+        loss = self._shared_step(batch, self.train_metrics, where)
         every = self.trainer.log_every_n_steps
         if every and (self.global_step + 1) % every == 0:  # the steps Lightning writes; self.log costs on every call
             self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
@@ -122,7 +126,9 @@ class ImageClassifier(L.LightningModule):
         if self.trainer.sanity_checking:  # the pre-fit sanity pass is not an epoch of its own
             self.val_metrics.reset()
             return
-        self.val_metrics.record_best(float(self.val_metrics.compute()["val/acc"]))
+        results = self.val_metrics.compute()
+        check_finite_loss(results["val/loss"], f"the validation of epoch {self.current_epoch}")  # before any checkpoint
+        self.val_metrics.record_best(float(results["val/acc"]))
         summary = self.val_metrics.epoch_summary(self.class_names)
         per_class = {k: float(summary.pop(k)) for k in list(summary) if k.startswith("val/acc_class/")}
         self.log_dict({k: summary.pop(k) for k in ("val/loss", "val/acc")}, prog_bar=True)

@@ -20,6 +20,7 @@ from itertools import islice
 import torch
 from torch import Tensor, nn
 
+from project.errors import check_finite_loss
 from project.metrics import StageMetrics
 
 AUTOCAST_DTYPES = {"32-true": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
@@ -70,8 +71,10 @@ def train_one_epoch(
     gradient_clip_algorithm: str = "norm",
     augment: Callable[[Tensor], Tensor] | None = None,
     on_step: Callable[[Tensor], None] | None = None,
+    epoch: int = 0,
 ) -> dict[str, Tensor]:
-    """One pass over the training data; returns the epoch's training metrics."""
+    """One pass over the training data; returns the epoch's training metrics. A non-finite loss
+    stops it before its gradients reach the weights."""
     model.train()
     metrics.reset()
     for i, (x, y) in enumerate(batches(loader, device, num_batches)):
@@ -82,6 +85,7 @@ def train_one_epoch(
         with autocast(device, precision):
             output = model(x)
             loss = criterion(output, y)
+        check_finite_loss(loss, f"epoch {epoch}, batch {i}")
         metrics.update(output, y, loss)
         scaler.scale(loss / accumulate_grad_batches).backward()  # the window's mean gradient
         if (i + 1) % accumulate_grad_batches == 0 or i + 1 == num_batches:
@@ -158,6 +162,7 @@ def fit(
             precision=precision,
             scheduler=scheduler,
             scheduler_interval=scheduler_interval,
+            epoch=epoch,
             **train_options,
         )
         val_results = None

@@ -9,7 +9,8 @@ module's factories, TensorBoard logging, checkpoints and progress bars.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import lightning
@@ -18,7 +19,7 @@ from tqdm import tqdm
 
 from project import monitoring
 from project.data import ImageDataModule
-from project.errors import UserPathError
+from project.errors import UserPathError, check_finite_loss, out_of_memory_hint
 from project.factory import build_optimization, stepping_batches
 from project.metrics import StageMetrics, build_stage_metrics
 from project.module import ImageClassifier
@@ -80,6 +81,8 @@ class ReferenceTrainer:
         self._call("on_train_start", model)
 
         def on_epoch_end(epoch: int, train_results: dict, val_results: dict | None) -> None:
+            if val_results is not None:  # before any checkpoint, as in the module
+                check_finite_loss(val_results["val/loss"], f"the validation of epoch {epoch}")
             improved = val_results is not None and val_metrics.record_best(float(val_results["val/acc"]))
             logger.on_epoch_end(epoch, train_results, val_metrics if val_results is not None else None)
             self.callback_metrics = {**train_results, **(val_results or {})}
@@ -92,30 +95,31 @@ class ReferenceTrainer:
                 if improved:  # like ModelCheckpoint(mode="max"): a tie keeps the earlier best
                     self._save(state, "best.ckpt")
 
-        loop.fit(
-            net,
-            self._progress(train_loader, "train", num_train),
-            self._progress(val_loader, "val", num_val),
-            model.criterion,
-            optimizer,
-            s.device,
-            train_metrics,
-            val_metrics,
-            max_epochs=s.max_epochs,
-            num_train_batches=num_train,
-            num_val_batches=num_val,
-            precision=s.precision,
-            scheduler=scheduler,
-            scheduler_interval=model.scheduler_interval,
-            check_val_every_n_epoch=s.check_val_every_n_epoch,
-            on_epoch_end=on_epoch_end,
-            scaler=loop.grad_scaler(s.device, s.precision),
-            accumulate_grad_batches=s.accumulate_grad_batches,
-            gradient_clip_val=s.gradient_clip_val,
-            gradient_clip_algorithm=s.gradient_clip_algorithm,
-            augment=datamodule.augmenter,
-            on_step=logger.on_step,
-        )
+        with out_of_memory_hinted(datamodule.batch_size, s.precision):
+            loop.fit(
+                net,
+                self._progress(train_loader, "train", num_train),
+                self._progress(val_loader, "val", num_val),
+                model.criterion,
+                optimizer,
+                s.device,
+                train_metrics,
+                val_metrics,
+                max_epochs=s.max_epochs,
+                num_train_batches=num_train,
+                num_val_batches=num_val,
+                precision=s.precision,
+                scheduler=scheduler,
+                scheduler_interval=model.scheduler_interval,
+                check_val_every_n_epoch=s.check_val_every_n_epoch,
+                on_epoch_end=on_epoch_end,
+                scaler=loop.grad_scaler(s.device, s.precision),
+                accumulate_grad_batches=s.accumulate_grad_batches,
+                gradient_clip_val=s.gradient_clip_val,
+                gradient_clip_algorithm=s.gradient_clip_algorithm,
+                augment=datamodule.augmenter,
+                on_step=logger.on_step,
+            )
         self._call("on_train_end", model)
         logger.close()
 
@@ -194,6 +198,16 @@ class ProgressBar:
 
     def __iter__(self):
         yield from tqdm(self.iterable, desc=self.desc, leave=False, total=self.total)
+
+
+@contextmanager
+def out_of_memory_hinted(batch_size: int, precision: str) -> Iterator[None]:
+    """An out-of-memory error leaves with the batch size and what to change, as in the Lightning path."""
+    try:
+        yield
+    except torch.OutOfMemoryError as exc:
+        exc.hint = out_of_memory_hint(batch_size, precision)
+        raise
 
 
 def configure_determinism(settings: TrainerSettings) -> None:
