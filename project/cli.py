@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from jsonargparse import Namespace
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.plugins.io import CheckpointIO
 
 from project.callbacks import LatestCheckpoint, OutOfMemoryHint, PredictionCSV
+from project.checkpoint_io import AtomicCheckpointIO, check_class_names, check_state_dict_fits, read_checkpoint
 from project.data import ImageDataModule
-from project.errors import UserPathError, reported_as_exit
+from project.errors import CheckpointError, UserPathError, reported_as_exit
 from project.factory import DEFAULT_OPTIMIZER
 from project.module import ImageClassifier
 from project.monitoring import log_hparams, run_hparams
@@ -58,21 +61,34 @@ class TwinloopCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
-        check_ckpt_path(config.get("ckpt_path"))
+        self._user_checkpoint = check_ckpt_path(config.get("ckpt_path"))
         # Logs and checkpoints go under trainer.default_root_dir when it is set, as with
         # Lightning's own default logger, unless the logger's save_dir was set too.
         trainer = config.trainer
         logger = trainer.logger
         if trainer.default_root_dir and isinstance(logger, Namespace) and logger.init_args.get("save_dir") == ".":
             logger.init_args.save_dir = trainer.default_root_dir
+        if self.subcommand == "fit" and config.get("ckpt_path") == "last" and isinstance(logger, Namespace):
+            config.ckpt_path = resume_into_last_run(logger)
+
+    def instantiate_classes(self) -> None:
+        super().instantiate_classes()
+        # The checkpoint against the model and the data, before Lightning creates a run directory;
+        # Lightning then reads the file again itself.
+        checkpoint, self._user_checkpoint = getattr(self, "_user_checkpoint", None), None
+        if checkpoint is not None:
+            config = self.config[self.subcommand] if self.subcommand else self.config
+            check_checkpoint_fits_run(checkpoint, config.ckpt_path, self.model, self.datamodule)
 
     def _instantiate_trainer(self, config: dict, callbacks: list):
         """LightningCLI's one place to change the callbacks it gives the Trainer (private API;
         ``tests/test_cli.py`` fails if it changes): the checkpoint callbacks are always added from
         the config, so `--trainer.enable_checkpointing=false` drops them here; the run's settings
-        go to the HPARAMS tab, and an out-of-memory error gets its hint."""
+        go to the HPARAMS tab, and an out-of-memory error gets its hint. Checkpoints are written
+        and read through ``AtomicCheckpointIO`` unless ``--trainer.plugins`` names a CheckpointIO."""
         if config.get("enable_checkpointing") is False:
             callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
+        config = {**config, "plugins": with_atomic_checkpoints(config.get("plugins"), config.get("strategy"))}
         run_config = self.config[self.subcommand] if self.subcommand else self.config
         extra = [RunConfigLogger(run_config.as_dict()), OutOfMemoryHint()]
         return super()._instantiate_trainer(config, [*callbacks, *extra])
@@ -92,13 +108,63 @@ def data_seed(seed_everything: int | bool) -> int:
     return seed_everything if not isinstance(seed_everything, bool) else 42
 
 
-def check_ckpt_path(ckpt_path: str | None) -> None:
-    """A checkpoint file the user named must exist; Lightning's own names (last, best, ...) and
-    remote or registry paths are Lightning's to resolve."""
+def check_ckpt_path(ckpt_path: str | None) -> dict | None:
+    """A checkpoint file the user named must exist and be a checkpoint, read with ``weights_only``
+    (``read_checkpoint``): returned, for ``check_checkpoint_fits_run``. Lightning's own names (last,
+    best, ...) and remote or registry paths are Lightning's to resolve (None)."""
     if not ckpt_path or ckpt_path in ("last", "best", "hpc") or "://" in ckpt_path or ckpt_path.startswith("registry"):
-        return
+        return None
     if not Path(ckpt_path).is_file():
         raise UserPathError(f"--ckpt_path: no such file: {ckpt_path}")
+    try:
+        return read_checkpoint(ckpt_path)
+    except CheckpointError as exc:
+        raise CheckpointError(f"--ckpt_path: {exc}") from None
+
+
+def check_checkpoint_fits_run(checkpoint: dict, ckpt_path: str, model: ImageClassifier, datamodule) -> None:
+    """The checkpoint's classes are the data's, in order, and its tensors fit the model: else one
+    ``CheckpointError`` naming the file. The data is prepared first: CIFAR-100 names its classes
+    from a downloaded file, and an image folder's are the class folders its scan found usable.
+    Every data set knows its class names then (digits and MNIST are always '0'..'9'), so predict,
+    which has no labels, is checked too: its inputs are prepared with this data's statistics and size."""
+    datamodule.prepare_data()
+    try:
+        check_class_names(checkpoint, datamodule.class_names, ckpt_path)
+        check_state_dict_fits(checkpoint["state_dict"], model.state_dict(), ckpt_path)
+    except CheckpointError as exc:
+        raise CheckpointError(f"--ckpt_path: {exc}") from None
+
+
+def with_atomic_checkpoints(plugins, strategy) -> list:
+    """The Trainer's ``plugins`` plus an ``AtomicCheckpointIO``, unless they or the strategy already
+    bring a CheckpointIO of their own."""
+    plugins = [] if plugins is None else list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+    if not any(isinstance(p, CheckpointIO) for p in plugins) and getattr(strategy, "_checkpoint_io", None) is None:
+        plugins.append(AtomicCheckpointIO())
+    return plugins
+
+
+def resume_into_last_run(logger: Namespace) -> str:
+    """``--ckpt_path last``: the newest ``last.ckpt`` of the run directory's versions, resumed into its
+    own version folder, with TensorBoard told to drop what the interrupted run logged after it.
+
+    (Lightning would look in a new version folder only, find nothing and start afresh.)
+    """
+    runs = Path(logger.init_args.get("save_dir") or ".") / (logger.init_args.get("name") or "")
+    found = sorted(runs.glob("version_*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise UserPathError(
+            f"--ckpt_path last: no {runs}/version_*/checkpoints/last.ckpt to resume from; "
+            "leave --ckpt_path out to start a new run"
+        )
+    last = found[-1]
+    steps = torch.load(last, map_location="cpu", weights_only=True)["global_step"]
+    logger.init_args.version = int(last.parent.parent.name.removeprefix("version_"))
+    # TensorBoard hides the interrupted run's events from this step on: no step shows twice.
+    logger.dict_kwargs = {**(logger.get("dict_kwargs") or {}), "purge_step": steps}
+    print(f"resuming {last} (step {steps}) into {last.parent.parent}")
+    return str(last)
 
 
 class RunConfigLogger(Callback):

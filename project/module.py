@@ -15,6 +15,7 @@ from project.errors import check_finite_loss
 from project.factory import build_criterion, build_optimization, default_optimizer
 from project.metrics import StageMetrics, build_stage_metrics
 from project.models import build_network
+from project.rng import capture_rng, restore_rng
 
 
 class ImageClassifier(L.LightningModule):
@@ -159,11 +160,14 @@ class ImageClassifier(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["best_val_acc"] = self.val_metrics.best_acc
         checkpoint["class_names"] = list(self.class_names)  # predict needs them, whatever its data module knows
+        checkpoint["rng_states"] = capture_rng()  # Dropout's, for a resume that draws what the run would have
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.val_metrics.best_acc = checkpoint.get("best_val_acc")
         if checkpoint.get("class_names"):
             self.class_names = list(checkpoint["class_names"])
+        if "rng_states" in checkpoint:
+            restore_rng(checkpoint["rng_states"])
 
     def _writer(self):
         """The TensorBoard writer for pictures: rank 0 of a run with a data module's statistics."""

@@ -12,12 +12,13 @@ from pathlib import Path
 import lightning as L
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from project.augment import RandomCropFlip
 from project.data.device_cache import CachedSplit, DeviceBatches
 from project.data.new_images import FileListDataset, new_images
 from project.data.registry import DatasetName, build_source
+from project.data.scan import OnBadFile
 from project.data.source import SourceOptions
 from project.data.split import seeded_split
 from project.data.transforms import Stats
@@ -44,6 +45,9 @@ class ImageDataModule(L.LightningDataModule):
         fake_size: number of images for ``fake``.
         fake_image_shape: (C, H, W) of ``fake`` images.
         fake_num_classes: classes of ``fake``.
+        on_bad_file: what a broken image file or an empty class folder does (image folders and
+            ``predict_root``, checked before the run starts): ``error`` stops with the list, ``skip``
+            leaves them out of every split and the statistics and logs how many.
     """
 
     def __init__(
@@ -61,6 +65,7 @@ class ImageDataModule(L.LightningDataModule):
         fake_size: int = 1000,
         fake_image_shape: tuple[int, int, int] = (3, 32, 32),
         fake_num_classes: int = 10,
+        on_bad_file: OnBadFile = "error",
     ):
         super().__init__()
         if not 0.0 < val_fraction < 1.0:
@@ -81,8 +86,9 @@ class ImageDataModule(L.LightningDataModule):
         self.fake_size = fake_size
         self.fake_image_shape = tuple(fake_image_shape)
         self.fake_num_classes = fake_num_classes
+        self.on_bad_file = on_bad_file
         options = SourceOptions(
-            self.root, image_size, val_fraction, seed, fake_size, self.fake_image_shape, fake_num_classes
+            self.root, image_size, val_fraction, seed, fake_size, self.fake_image_shape, fake_num_classes, on_bad_file
         )
         self.source = build_source(dataset, options)  # stores arguments only: no file is read yet
         self.train_set: Dataset | None = None
@@ -94,6 +100,10 @@ class ImageDataModule(L.LightningDataModule):
         self.generators = {
             s: torch.Generator().manual_seed(seed + i) for i, s in enumerate(("train", "val", "test", "predict"))
         }
+        # The seeds DataLoaders draw for their worker processes come from a generator of their own:
+        # a resumed run creates its loader afresh where the uninterrupted one reused its persistent
+        # workers, and that extra draw must not move the shuffling.
+        self.worker_seeds = torch.Generator().manual_seed(seed + 20)
         self.augmenter = RandomCropFlip(padding=self._padding(), seed=seed + 10) if augment else None
 
     # ---- facts the model is linked to, all from the source ----
@@ -134,12 +144,16 @@ class ImageDataModule(L.LightningDataModule):
     # ---- Lightning hooks ----
     def prepare_data(self) -> None:
         self.source.prepare()
+        if self.trainer is not None and self.trainer.predicting and self.predict_set is None:
+            # the new images are checked here, before Lightning creates the run directory
+            self.predict_set = new_images(self.predict_root, self.source, self.on_bad_file)
 
     def setup(self, stage: str | None = None) -> None:
         if self.trainer is not None:  # Lightning's; the reference trainer sets .device itself
             self.device = self.trainer.strategy.root_device
         if stage == "predict":
-            self.predict_set = new_images(self.predict_root, self.source)
+            if self.predict_set is None:
+                self.predict_set = new_images(self.predict_root, self.source, self.on_bad_file)
             return
         if self.train_set is not None:
             return
@@ -201,15 +215,16 @@ class ImageDataModule(L.LightningDataModule):
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            sampler=RandomSampler(dataset, generator=self.generators[stage]) if shuffle else None,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
-            generator=self.generators[stage],
+            generator=self.worker_seeds,
         )
 
     def state_dict(self) -> dict:
         state = {f"generator.{k}": g.get_state() for k, g in self.generators.items()}
+        state["worker_seeds"] = self.worker_seeds.get_state()
         if self.augmenter is not None:
             state["augmenter"] = self.augmenter.state_dict()
         return state
@@ -218,6 +233,8 @@ class ImageDataModule(L.LightningDataModule):
         for k, g in self.generators.items():
             if f"generator.{k}" in state:
                 g.set_state(state[f"generator.{k}"])
+        if "worker_seeds" in state:
+            self.worker_seeds.set_state(state["worker_seeds"])
         if self.augmenter is not None and "augmenter" in state:
             self.augmenter.load_state_dict(state["augmenter"])
 

@@ -32,13 +32,12 @@ class CachedSplit:
 
 
 class DeviceBatches:
-    """Batches of a ``CachedSplit``, like a ``DataLoader`` over it with the same ``generator``.
+    """Batches of a ``CachedSplit``, like a ``DataLoader`` over it with a ``RandomSampler`` on ``generator``.
 
-    Each pass draws from the generator what a DataLoader with a ``RandomSampler`` draws, at the
-    same points: one number for the iterator's base seed, the permutation, and, once the sampler
-    runs dry (forming a smaller last batch, or asked for one past the last whole batch), a second
-    permutation it throws away. So both paths visit
-    the samples in the same order, epoch after epoch, and leave the generator in the same state.
+    Each pass draws from the generator what that sampler draws, at the same points: the
+    permutation and, once the sampler runs dry (forming a smaller last batch, or asked for one past
+    the last whole batch), a second permutation it throws away. So both paths visit the samples in
+    the same order, epoch after epoch, and leave the generator in the same state.
     """
 
     def __init__(
@@ -57,7 +56,6 @@ class DeviceBatches:
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         n = len(self.split)
-        torch.empty((), dtype=torch.int64).random_(generator=self.generator)  # the base seed a DataLoader draws
         order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
         order = order.to(self.split.labels.device)
         for start in range(0, n, self.batch_size):

@@ -1,0 +1,81 @@
+"""Exact resume: a run killed with SIGKILL and resumed with --ckpt_path last ends bit-identical to an
+uninterrupted one, with shuffling, augmentation, Dropout and 2 worker processes on."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from project.cli import main
+from tests.helpers import FAST, REPO
+
+RUN = [
+    *FAST,
+    "--data.augment=true",
+    "--data.num_workers=2",
+    "--model.dropout=0.5",
+    "--trainer.max_epochs=4",
+    "--trainer.limit_train_batches=8",
+    "--model.log_images_every_n_epochs=0",
+]
+
+
+def twinloop(args: list[str], **kwargs) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.Popen([sys.executable, "-m", "project", "fit", *args], env=env, text=True, **kwargs)
+
+
+def checkpoint_epoch(path: Path) -> int:
+    try:
+        return torch.load(path, weights_only=True)["epoch"]
+    except Exception:  # not there yet, or being written
+        return -1
+
+
+def weights(root: str) -> dict[str, torch.Tensor]:
+    (last,) = Path(root).glob("lightning_logs/version_*/checkpoints/last.ckpt")
+    return torch.load(last, weights_only=True)["state_dict"]
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume_last_is_bit_identical(tmp_path):
+    """SIGKILL once epoch 1's checkpoint exists; `fit --ckpt_path last` resumes into the same run
+    (not from step 0) and ends with the uninterrupted run's weights; TensorBoard shows no step twice."""
+    full = twinloop([*RUN, "--trainer.default_root_dir=full"])
+    victim = twinloop([*RUN, "--trainer.default_root_dir=cut"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = Path("cut/lightning_logs/version_0/checkpoints/last.ckpt")
+    deadline = time.monotonic() + 120
+    while checkpoint_epoch(last) < 1 and victim.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    killed_at = checkpoint_epoch(last)
+    assert victim.returncode == -signal.SIGKILL and 1 <= killed_at < 3  # killed mid-run, not after it
+    resumed = twinloop([*RUN, "--trainer.default_root_dir=cut", "--ckpt_path=last"], stdout=subprocess.PIPE)
+    out, _ = resumed.communicate(timeout=180)
+    assert full.wait(timeout=180) == 0 and resumed.returncode == 0
+    steps = 8 * (killed_at + 1)
+    assert f"resuming {last} (step {steps}) into cut/lightning_logs/version_0" in out  # not from step 0
+    assert not Path("cut/lightning_logs/version_1").exists()  # the same run directory
+    a, b = weights("full"), weights("cut")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    events = EventAccumulator("cut/lightning_logs/version_0")
+    events.Reload()
+    logged = [e.step for e in events.Scalars("train/loss_epoch")]
+    assert logged == sorted(set(logged)) and len(logged) == 4  # every epoch once, none twice
+
+
+def test_resume_last_without_a_checkpoint_says_so_and_starts_nothing(capsys):
+    """`--ckpt_path last` with no last.ckpt under the run directory: exit 1 naming it, no run directory."""
+    with pytest.raises(SystemExit) as info:
+        main(["fit", *FAST, "--ckpt_path=last"])
+    assert info.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: --ckpt_path last: no lightning_logs/version_*/checkpoints/last.ckpt")
+    assert not Path("lightning_logs").exists()
