@@ -25,3 +25,13 @@ python3 -m pytest -q -p no:cacheprovider -m gpu "$repo/tests" 2>&1 | tail -5 | t
 # 2. the full digits comparison on CUDA
 python3 -m project.compare -c "$repo/configs/digits.yaml" --trainer.accelerator=gpu --trainer.deterministic=true \
     --trainer.enable_progress_bar=false --report "$out/compare_cuda.json" 2>/dev/null | tee "$out/compare_cuda.txt"
+# 3. speed: the three loops side by side on the fast path (fake CIFAR-shaped data: nothing to download),
+#    and the small CNN's per-step overhead
+cd "$repo"
+fake=(--data.dataset=fake --data.fake_size=50000 "--data.fake_image_shape=[3,32,32]")
+python3 benchmarks/loop_speed.py -c configs/gpu_fast.yaml "${fake[@]}" --epochs 4 --repeats 2 \
+    --json "$out/loop_speed-resnet18-fast.json" 2>/dev/null | tee "$out/loop_speed-resnet18-fast.txt"
+python3 benchmarks/loop_speed.py -c configs/digits.yaml --data.dataset=fake --data.fake_size=20000 \
+    "--data.fake_image_shape=[1,28,28]" --data.batch_size=128 --data.device_cache=true --epochs 5 --repeats 3 \
+    --json "$out/loop_speed-smallcnn.json" 2>/dev/null | tee "$out/loop_speed-smallcnn.txt"
+python3 benchmarks/decode_speed.py --json "$out/decode_speed.json" | tee "$out/decode_speed.txt"

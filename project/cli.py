@@ -59,9 +59,16 @@ class TwinloopCLI(LightningCLI):
         parser.set_defaults({"lr_monitor.logging_interval": "step"})
         parser.add_lightning_class_args(PredictionCSV, "predictions")
 
+    def _parse_ckpt_path(self) -> None:
+        """LightningCLI's first look at ``--ckpt_path`` (private API; ``tests/reliability`` fails if it
+        goes): it reads the checkpoint's hyperparameters into the config. The file is read and checked
+        here first, so that a bad one is one error line naming it."""
+        if self.config.get("subcommand"):
+            self._user_checkpoint = check_ckpt_path(self.config[self.config.subcommand].get("ckpt_path"))
+        super()._parse_ckpt_path()
+
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
-        self._user_checkpoint = check_ckpt_path(config.get("ckpt_path"))
         # Logs and checkpoints go under trainer.default_root_dir when it is set, as with
         # Lightning's own default logger, unless the logger's save_dir was set too.
         trainer = config.trainer
@@ -130,6 +137,8 @@ def check_checkpoint_fits_run(checkpoint: dict, ckpt_path: str, model: ImageClas
     which has no labels, is checked too: its inputs are prepared with this data's statistics and size."""
     datamodule.prepare_data()
     try:
+        if "pytorch-lightning_version" not in checkpoint:  # Lightning's loader needs it (the reference loop's does not)
+            raise CheckpointError(f"{ckpt_path} is not a Lightning checkpoint: it has no pytorch-lightning_version")
         check_class_names(checkpoint, datamodule.class_names, ckpt_path)
         check_state_dict_fits(checkpoint["state_dict"], model.state_dict(), ckpt_path)
     except CheckpointError as exc:
@@ -145,6 +154,17 @@ def with_atomic_checkpoints(plugins, strategy) -> list:
     return plugins
 
 
+def newest_last_checkpoint(runs: Path) -> Path:
+    """The newest ``runs/version_*/checkpoints/last.ckpt``; none is an error, not a fresh start."""
+    found = sorted(runs.glob("version_*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise UserPathError(
+            f"--ckpt_path last: no {runs}/version_*/checkpoints/last.ckpt to resume from; "
+            "leave --ckpt_path out to start a new run"
+        )
+    return found[-1]
+
+
 def resume_into_last_run(logger: Namespace) -> str:
     """``--ckpt_path last``: the newest ``last.ckpt`` of the run directory's versions, resumed into its
     own version folder, with TensorBoard told to drop what the interrupted run logged after it.
@@ -152,13 +172,7 @@ def resume_into_last_run(logger: Namespace) -> str:
     (Lightning would look in a new version folder only, find nothing and start afresh.)
     """
     runs = Path(logger.init_args.get("save_dir") or ".") / (logger.init_args.get("name") or "")
-    found = sorted(runs.glob("version_*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
-    if not found:
-        raise UserPathError(
-            f"--ckpt_path last: no {runs}/version_*/checkpoints/last.ckpt to resume from; "
-            "leave --ckpt_path out to start a new run"
-        )
-    last = found[-1]
+    last = newest_last_checkpoint(runs)
     steps = torch.load(last, map_location="cpu", weights_only=True)["global_step"]
     logger.init_args.version = int(last.parent.parent.name.removeprefix("version_"))
     # TensorBoard hides the interrupted run's events from this step on: no step shows twice.

@@ -25,6 +25,11 @@ class UserPathError(RuntimeError):
     """
 
 
+class CheckpointError(UserPathError):
+    """A checkpoint file that cannot be written, read, or used with this data and network; the
+    message names the file."""
+
+
 class NonFiniteLossError(ArithmeticError):
     """Training met a NaN or infinite loss and stopped before it reached the weights or a checkpoint."""
 

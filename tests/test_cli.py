@@ -236,17 +236,22 @@ def test_a_file_not_found_inside_the_code_keeps_its_traceback(monkeypatch):
         main(["fit", *SHORT])
 
 
-def test_checkpoints_carry_the_class_names_and_predict_uses_them(image_folder, tmp_path):
-    """Class names travel in every checkpoint, and predict names classes from the checkpoint."""
+def test_checkpoints_carry_the_class_names_and_predict_checks_them(image_folder, tmp_path, capsys):
+    """Class names travel in every checkpoint; predict names classes from it, and refuses data whose
+    classes differ (tests/reliability/test_checkpoint_loading.py has the other commands)."""
     args = [*FAST, "--data.dataset=imagefolder", f"--data.root={image_folder}", "--data.image_size=16"]
     cli = TwinloopCLI(args=["fit", *args, "--trainer.max_epochs=1"])
     ckpt = Path(cli.trainer.checkpoint_callback.best_model_path)
     checkpoint = torch.load(ckpt, weights_only=True)
     assert checkpoint["class_names"] == ["circles", "squares", "stripes"]
-    checkpoint["class_names"] = ["first", "second", "third"]  # as if the data module knew other names
+    rows = predict_csv(args, str(ckpt), image_folder / "circles", tmp_path / "p.csv")
+    assert rows and {r["class_name"] for r in rows} <= {"circles", "squares", "stripes"}
+    checkpoint["class_names"] = ["first", "second", "third"]  # as if trained on other data
     torch.save(checkpoint, tmp_path / "renamed.ckpt")
-    rows = predict_csv(args, str(tmp_path / "renamed.ckpt"), image_folder / "circles", tmp_path / "p.csv")
-    assert rows and {r["class_name"] for r in rows} <= {"first", "second", "third"}
+    with pytest.raises(SystemExit) as info:
+        main(["predict", *args, f"--data.predict_root={image_folder}", "--ckpt_path", str(tmp_path / "renamed.ckpt")])
+    err = capsys.readouterr().err
+    assert info.value.code == 1 and "['first', 'second', 'third']" in err and "['circles', 'squares', 'stripes']" in err
 
 
 def test_model_summary_shows_sizes_and_flops():

@@ -13,6 +13,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from project.cli import main
+from project.reference.cli import main as reference_main
 from tests.helpers import FAST, REPO
 
 RUN = [
@@ -79,3 +80,36 @@ def test_resume_last_without_a_checkpoint_says_so_and_starts_nothing(capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: --ckpt_path last: no lightning_logs/version_*/checkpoints/last.ckpt")
     assert not Path("lightning_logs").exists()
+
+
+SCHEDULED = [
+    *RUN,
+    "--data.num_workers=0",
+    "--model.lr_scheduler=StepLR",
+    "--model.lr_scheduler.step_size=1",
+    "--model.lr_scheduler.gamma=0.7",
+]
+
+
+def reference_weights(root: str) -> dict[str, torch.Tensor]:
+    (last,) = Path(root).glob("lightning_logs/reference/version_*/checkpoints/last.ckpt")
+    return torch.load(last, weights_only=True)["state_dict"]
+
+
+@pytest.mark.parametrize("first_half", ["reference", "lightning"])
+def test_the_reference_resumes_its_own_and_lightnings_checkpoints_exactly(first_half, capsys):
+    """2 epochs (by either loop), then `twinloop-reference fit --ckpt_path ...` to 4: the reference's
+    uninterrupted weights, bit for bit, with a per-epoch scheduler, augmentation and Dropout on."""
+    reference_main(["fit", *SCHEDULED, "--trainer.default_root_dir=full"])
+    half = [*SCHEDULED, "--trainer.max_epochs=2", "--trainer.default_root_dir=cut"]
+    if first_half == "reference":
+        reference_main(["fit", *half])
+        ckpt = "last"
+    else:
+        main(["fit", *half])
+        ckpt = "cut/lightning_logs/version_0/checkpoints/last.ckpt"
+    capsys.readouterr()
+    reference_main(["fit", *SCHEDULED, "--trainer.default_root_dir=cut", f"--ckpt_path={ckpt}"])
+    assert "resuming from epoch 2 (step 16)" in capsys.readouterr().out  # not from step 0
+    a, b = reference_weights("full"), reference_weights("cut")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

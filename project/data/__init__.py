@@ -7,6 +7,7 @@ from project.data.files import IMAGE_EXTENSIONS, class_folders, image_files, loa
 from project.data.image_folders import ImageFolderData, image_folder, imagefolder_stats
 from project.data.new_images import FileListDataset, new_images
 from project.data.registry import SOURCES, DatasetName, build_source
+from project.data.scan import BadFile, FolderScan, OnBadFile, check_image, scan_class_folders, scan_files
 from project.data.source import DataSource, SourceOptions
 from project.data.split import seeded_split
 from project.data.torchvision_sets import (
@@ -28,19 +29,23 @@ __all__ = [
     "ConfigError",
     "DataSource",
     "DataUnavailableError",
+    "BadFile",
     "DatasetName",
     "DigitsData",
     "FakeData",
     "FashionMNISTData",
     "FileListDataset",
+    "FolderScan",
     "ImageDataModule",
     "ImageFolderData",
     "MNISTData",
+    "OnBadFile",
     "SourceOptions",
     "Stats",
     "TorchvisionData",
     "UserPathError",
     "build_source",
+    "check_image",
     "class_folders",
     "digits_tensors",
     "download_torchvision",
@@ -50,6 +55,8 @@ __all__ = [
     "imagefolder_stats",
     "load_rgb",
     "read_rgb",
+    "scan_class_folders",
+    "scan_files",
     "new_images",
     "seeded_split",
     "uniform_size",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from pathlib import Path
 
 from PIL import Image
@@ -31,27 +33,36 @@ def read_rgb(path: str) -> Tensor:
     return pil_to_tensor(load_rgb(path))
 
 
+def is_hidden(name: str) -> bool:
+    """A hidden file or folder (``.ipynb_checkpoints``, macOS ``._x.jpg``): never a class or a sample."""
+    return name.startswith(".")
+
+
 def image_files(folder: Path) -> list[Path]:
-    """Every image file under ``folder``, at any depth, in sorted order."""
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    """Every image file under ``folder``, at any depth, in sorted order; hidden files and folders are
+    left out, and symlinks followed, as torchvision's ImageFolder follows them."""
+    found = []
+    for parent, dirs, names in os.walk(folder, followlinks=True):
+        dirs[:] = [d for d in dirs if not is_hidden(d)]
+        found += [Path(parent, n) for n in names if not is_hidden(n) and n.lower().endswith(IMAGE_EXTENSIONS)]
+    return sorted(found)
 
 
 def class_folders(folder: Path) -> list[str]:
-    """Names of the subfolders of ``folder`` that hold at least one image, sorted."""
-    return sorted(d.name for d in folder.iterdir() if d.is_dir() and any(image_files(d)))
+    """Names of the (not hidden) subfolders of ``folder`` that hold at least one image file, sorted."""
+    return sorted(d.name for d in folder.iterdir() if d.is_dir() and not is_hidden(d.name) and any(image_files(d)))
 
 
-def uniform_size(files: list[Path]) -> tuple[int, int]:
-    """The one (H, W) of all ``files``; files of other sizes can't be batched without resizing."""
+def uniform_size(sizes: Mapping[Path, tuple[int, int]]) -> tuple[int, int]:
+    """The one (H, W) of all files in ``sizes`` (path -> (H, W)); files of other sizes can't be
+    batched without resizing."""
     first = None
-    for path in files:
-        with Image.open(path) as img:
-            if first is None:
-                first = (path, img.size)
-            elif img.size != first[1]:
-                raise ConfigError(
-                    f"Images differ in size ({first[0]} is {first[1]}, {path} is {img.size}): "
-                    f"set --data.image_size N to resize them all to N x N"
-                )
-    width, height = first[1]
-    return (height, width)
+    for path, hw in sizes.items():
+        if first is None:
+            first = (path, hw)
+        elif hw != first[1]:
+            raise ConfigError(
+                f"Images differ in size ({first[0]} is {first[1][1]}x{first[1][0]}, {path} is {hw[1]}x{hw[0]}): "
+                f"set --data.image_size N to resize them all to N x N"
+            )
+    return first[1]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
@@ -9,24 +10,38 @@ import torch
 from torch.utils.data import Dataset, Subset
 from torchvision import datasets as tvd
 
-from project.data.files import IMAGE_EXTENSIONS, class_folders, image_files, read_rgb, uniform_size
+from project.data.files import class_folders, read_rgb, uniform_size
+from project.data.scan import FolderScan, OnBadFile, bad_files_report, scan_class_folders
 from project.data.source import DataSource, SourceOptions
 from project.data.split import seeded_split
 from project.data.transforms import Stats, image_transform
 from project.errors import ConfigError, UserPathError
 
+log = logging.getLogger(__name__)
 
-def image_folder(folder: Path, transform: Callable | None = None) -> tvd.ImageFolder:
-    """``folder/<class>/<image>`` with every image loaded as RGB; other files are skipped."""
-    try:
-        return tvd.ImageFolder(
-            str(folder),
-            transform=transform,
-            loader=read_rgb,
-            is_valid_file=lambda p: p.lower().endswith(IMAGE_EXTENSIONS),
-        )
-    except FileNotFoundError as exc:  # a class folder without images: the user's folder, not a bug
-        raise UserPathError(f"data.root: {folder}: {exc}") from None
+
+class ScannedImageFolder(tvd.ImageFolder):
+    """torchvision's ImageFolder over the classes and files a scan found usable: hidden folders are
+    no classes, and bad files no samples."""
+
+    def __init__(self, scan: FolderScan, transform: Callable | None = None):
+        self.scan = scan
+        usable = {str(p) for files in scan.files.values() for p in files}
+        super().__init__(str(scan.folder), transform=transform, loader=read_rgb, is_valid_file=usable.__contains__)
+
+    def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
+        names = self.scan.class_names
+        return names, {name: i for i, name in enumerate(names)}
+
+
+def image_folder(folder: Path, transform: Callable | None = None, scan: FolderScan | None = None) -> ScannedImageFolder:
+    """``folder/<class>/<image>`` with every image loaded as RGB; other files are skipped. Without a
+    ``scan`` of it, the folder is scanned now, and any problem is an error."""
+    if scan is None:
+        scan = scan_class_folders(folder)
+        if scan.problems:
+            raise UserPathError(bad_files_report(scan.problems, folder))
+    return ScannedImageFolder(scan, transform)
 
 
 def imagefolder_stats(files: list[Path], transform: Callable, max_images: int = 256) -> Stats:
@@ -38,22 +53,35 @@ def imagefolder_stats(files: list[Path], transform: Callable, max_images: int = 
 
 
 class ImageFolderData(DataSource):
-    """Class folders of image files, as RGB, of one size or resized; normalized with the training split's statistics."""
+    """Class folders of image files, as RGB, of one size or resized; normalized with the training split's statistics.
+
+    Every file is checked once before anything else reads it (``project.data.scan``): with
+    ``on_bad_file="error"`` any broken file or empty class folder stops the run with the list, with
+    ``"skip"`` they are left out of every split and of the statistics, and counted in the log.
+    """
 
     channels = 3
 
-    def __init__(self, root: Path | None, image_size: int | None = None, val_fraction: float = 0.2, seed: int = 42):
+    def __init__(
+        self,
+        root: Path | None,
+        image_size: int | None = None,
+        val_fraction: float = 0.2,
+        seed: int = 42,
+        on_bad_file: OnBadFile = "error",
+    ):
         self.root = root
         self.image_size = image_size
         self.val_fraction = val_fraction
         self.seed = seed
-        self._class_names: list[str] | None = None
+        self.on_bad_file = on_bad_file
+        self._scans: dict[Path, FolderScan] | None = None
         self._hw: tuple[int, int] | None = None
         self._stats: Stats | None = None
 
     @classmethod
     def from_options(cls, options: SourceOptions) -> ImageFolderData:
-        return cls(options.root, options.image_size, options.val_fraction, options.seed)
+        return cls(options.root, options.image_size, options.val_fraction, options.seed, options.on_bad_file)
 
     def train_dir(self) -> Path:
         """``root/train`` when there is one, else ``root``; a clear error when it holds no class folders."""
@@ -73,25 +101,44 @@ class ImageFolderData(DataSource):
 
     def prepare(self) -> None:
         # Every check of the folders runs here: Lightning creates the run directory before setup.
+        self.scans()
+        self._val_dir()
         _ = self.input_hw
-        for folder in (self.train_dir(), self._val_dir(), self._test_dir()):
-            if folder is not None:
-                image_folder(folder)  # lists the files only; fails on a class folder without images
+
+    def scans(self) -> dict[Path, FolderScan]:
+        """The scan of the train, val and test folders, done once. ``on_bad_file="error"`` stops here
+        with every problem of all of them; ``"skip"`` logs how many files and class folders it leaves out."""
+        if self._scans is None:
+            folders = [self.train_dir(), *(d for d in (self._split_val_dir(), self._test_dir()) if d is not None)]
+            scans = {folder: scan_class_folders(folder) for folder in folders}
+            problems = [p for scan in scans.values() for p in scan.problems]
+            if problems and self.on_bad_file == "error":
+                raise UserPathError(bad_files_report(problems, self.root))
+            if problems:
+                files = sum(len(scan.bad_files) for scan in scans.values())
+                empty = sum(len(scan.empty_classes) for scan in scans.values())
+                log.warning(
+                    "data.on_bad_file=skip: left out %d bad image file(s) and %d class folder(s) without usable "
+                    "images under %s, e.g. %s",
+                    files,
+                    empty,
+                    self.root,
+                    problems[0],
+                )
+            self._scans = scans
+        return self._scans
 
     @property
     def class_names(self) -> list[str]:
-        if self._class_names is None:
-            self._class_names = class_folders(self.train_dir())
-        return self._class_names
+        return self.scans()[self.train_dir()].class_names
 
     @property
     def input_hw(self) -> tuple[int, int]:
-        """``image_size`` square, or else the one size of every file under root (train, val and test)."""
+        """``image_size`` square, or else the one size of every usable file under root (train, val and test)."""
         if self.image_size is not None:
             return (self.image_size, self.image_size)
         if self._hw is None:
-            self.train_dir()  # a clear error for a missing or empty root first
-            self._hw = uniform_size(image_files(self.root))
+            self._hw = uniform_size({p: hw for scan in self.scans().values() for p, hw in scan.sizes.items()})
         return self._hw
 
     @property
@@ -104,37 +151,43 @@ class ImageFolderData(DataSource):
 
     def normalization(self) -> Stats:
         if self._stats is None:
-            train = self._train_part(image_folder(self.train_dir()))
+            train = self._train_part(self._folder(self.train_dir()))
             samples = [train.dataset.samples[i] for i in train.indices] if isinstance(train, Subset) else train.samples
             files = [Path(path) for path, _ in samples]
             self._stats = imagefolder_stats(files, image_transform(None, self.resize_hw))
         return self._stats
 
-    def full_train(self, raw: bool = False) -> tvd.ImageFolder:
-        return image_folder(self.train_dir(), self._transform(raw))
+    def full_train(self, raw: bool = False) -> ScannedImageFolder:
+        return self._folder(self.train_dir(), self._transform(raw))
 
-    def own_val(self, raw: bool = False) -> tvd.ImageFolder | None:
+    def own_val(self, raw: bool = False) -> ScannedImageFolder | None:
         val_dir = self._val_dir()
-        return image_folder(val_dir, self._transform(raw)) if val_dir is not None else None
+        return self._folder(val_dir, self._transform(raw)) if val_dir is not None else None
 
-    def own_test(self, raw: bool = False) -> tvd.ImageFolder | None:
+    def own_test(self, raw: bool = False) -> ScannedImageFolder | None:
         test_dir = self._test_dir()
-        return image_folder(test_dir, self._transform(raw)) if test_dir is not None else None
+        return self._folder(test_dir, self._transform(raw)) if test_dir is not None else None
+
+    def _folder(self, folder: Path, transform: Callable | None = None) -> ScannedImageFolder:
+        return image_folder(folder, transform, self.scans()[folder])
+
+    def _split_val_dir(self) -> Path | None:
+        """``root/val`` beside ``root/train``; None for the one-folder layout."""
+        train_dir, val_dir = self.train_dir(), self.root / "val"
+        return val_dir if train_dir == self.root / "train" and val_dir.is_dir() else None
 
     def _test_dir(self) -> Path | None:
         self.train_dir()  # a missing root is named first
         return self.root / "test" if (self.root / "test").is_dir() else None
 
     def _val_dir(self) -> Path | None:
-        """``root/val`` beside ``root/train``, with the same class folders; None for the one-folder layout."""
-        train_dir, val_dir = self.train_dir(), self.root / "val"
-        if train_dir != self.root / "train" or not val_dir.is_dir():
+        """``root/val`` beside ``root/train``, with the same classes; None for the one-folder layout."""
+        train_dir, val_dir = self.train_dir(), self._split_val_dir()
+        if val_dir is None:
             return None
-        if class_folders(val_dir) != class_folders(train_dir):
-            raise ConfigError(
-                f"Class folders differ: {val_dir} has {class_folders(val_dir)} "
-                f"but {train_dir} has {class_folders(train_dir)}"
-            )
+        train_classes, val_classes = (self.scans()[d].class_names for d in (train_dir, val_dir))
+        if val_classes != train_classes:
+            raise ConfigError(f"Class folders differ: {val_dir} has {val_classes} but {train_dir} has {train_classes}")
         return val_dir
 
     def _train_part(self, full: tvd.ImageFolder) -> Dataset:

@@ -9,6 +9,7 @@ from pathlib import Path
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from project.data.scan import OnBadFile
 from project.data.transforms import Stats, normalize_batch
 
 
@@ -23,6 +24,7 @@ class SourceOptions:
     fake_size: int
     fake_image_shape: tuple[int, int, int]
     fake_num_classes: int
+    on_bad_file: OnBadFile = "error"  # image folders' (see ImageDataModule)
 
 
 class DataSource(ABC):

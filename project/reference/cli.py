@@ -7,6 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from project.cli import newest_last_checkpoint
 from project.errors import reported_as_exit
 from project.reference.config import load_run
 
@@ -19,17 +20,22 @@ def main(argv: list[str] | None = None) -> None:
         "config options of `twinloop` (-c CONFIG, --model.*, --data.*, --trainer.*).",
     )
     parser.add_argument("command", choices=["fit", "validate", "test"])
-    parser.add_argument("--ckpt_path", default=None, help="checkpoint to validate or test (Lightning or reference)")
+    parser.add_argument(
+        "--ckpt_path", default=None, help="checkpoint (Lightning or reference) to resume, validate or test; fit: last"
+    )
     parser.add_argument("--log_dir", default=None, help="TensorBoard and checkpoint directory")
     opts, rest = parser.parse_known_args(argv)
-    if opts.command == "fit" and opts.ckpt_path:
-        parser.error("--ckpt_path: the reference loop does not resume a fit; use it with validate or test")
     with reported_as_exit():
         run = load_run(rest, Path(opts.log_dir) if opts.log_dir else None)
+        ckpt_path = opts.ckpt_path
+        if opts.command == "fit" and ckpt_path == "last":  # the newest run's last.ckpt, resumed into that run
+            last = newest_last_checkpoint(run.trainer.settings.log_root / "reference")
+            run.trainer.log_dir = last.parent.parent
+            ckpt_path = str(last)
         if opts.command == "fit":
-            run.trainer.fit(run.model, run.datamodule)
+            run.trainer.fit(run.model, run.datamodule, ckpt_path)
         else:
-            results = getattr(run.trainer, opts.command)(run.model, run.datamodule, opts.ckpt_path)
+            results = getattr(run.trainer, opts.command)(run.model, run.datamodule, ckpt_path)
             width = max(len(k) for k in results)
             for k, v in results.items():
                 print(f"{k:<{width}}  {v:.6f}")

@@ -27,9 +27,17 @@ class ReferenceLogger:
     ``validate``/``test`` run (which counts no steps) at 0.
     """
 
-    def __init__(self, log_dir: Path, log_every_n_steps: int, pictures: monitoring.PictureLog, class_names: list[str]):
+    def __init__(
+        self,
+        log_dir: Path,
+        log_every_n_steps: int,
+        pictures: monitoring.PictureLog,
+        class_names: list[str],
+        purge_step: int | None = None,
+    ):
         self.log_dir = log_dir
-        self.writer = SummaryWriter(str(log_dir))
+        # purge_step: a resumed run hides what the interrupted one logged from that step on
+        self.writer = SummaryWriter(str(log_dir), purge_step=purge_step)
         self.every = log_every_n_steps
         self.pictures = pictures
         self.class_names = class_names

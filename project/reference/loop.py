@@ -133,6 +133,7 @@ def fit(
     val_metrics: StageMetrics,
     *,
     max_epochs: int,
+    first_epoch: int = 0,
     num_train_batches: int,
     num_val_batches: int,
     precision: str,
@@ -142,15 +143,16 @@ def fit(
     on_epoch_end: Callable[[int, dict, dict | None], None] | None = None,
     **train_options,
 ) -> None:
-    """Train for ``max_epochs``, validating every ``check_val_every_n_epoch`` epochs (never when
-    ``num_val_batches`` is 0, as with Lightning's ``limit_val_batches=0``).
+    """Train epochs ``first_epoch`` (0 unless resuming) to ``max_epochs - 1``, validating every
+    ``check_val_every_n_epoch`` epochs (never when ``num_val_batches`` is 0, as with Lightning's
+    ``limit_val_batches=0``).
 
     ``on_epoch_end(epoch, train_results, val_results_or_None)`` is where the caller logs and saves
     checkpoints. ``train_options`` (accumulation, clipping, scaler, augmentation, ``on_step``) go
     to ``train_one_epoch`` as they are.
     """
     model.to(device)
-    for epoch in range(max_epochs):
+    for epoch in range(first_epoch, max_epochs):
         train_results = train_one_epoch(
             model,
             train_loader,

@@ -18,14 +18,16 @@ import torch
 from tqdm import tqdm
 
 from project import monitoring
+from project.checkpoint_io import atomic_torch_save, check_class_names, check_state_dict_fits, read_checkpoint
 from project.data import ImageDataModule
-from project.errors import UserPathError, check_finite_loss, out_of_memory_hint
+from project.errors import CheckpointError, check_finite_loss, out_of_memory_hint
 from project.factory import build_optimization, stepping_batches
 from project.metrics import StageMetrics, build_stage_metrics
 from project.module import ImageClassifier
 from project.reference import loop
 from project.reference.logger import ReferenceLogger, next_version_dir
 from project.reference.settings import TrainerSettings, count_batches
+from project.rng import capture_rng, restore_rng
 
 
 class ReferenceTrainer:
@@ -61,10 +63,16 @@ class ReferenceTrainer:
             self._log_dir = next_version_dir(self.settings.log_root / "reference")
         return self._log_dir
 
-    def fit(self, model: ImageClassifier, datamodule: ImageDataModule) -> None:
-        """Train and validate with the reference loop; checkpoints go to ``log_dir/checkpoints``."""
+    @log_dir.setter
+    def log_dir(self, path: Path) -> None:
+        self._log_dir = path
+
+    def fit(self, model: ImageClassifier, datamodule: ImageDataModule, ckpt_path: str | None = None) -> None:
+        """Train and validate with the reference loop; checkpoints go to ``log_dir/checkpoints``.
+        With ``ckpt_path`` (an epoch-end checkpoint of either loop), go on from the epoch after it."""
         s = self.settings
         self._setup(model, datamodule, "fit")
+        checkpoint = load_checkpoint(model, ckpt_path) if ckpt_path is not None else None
         train_loader, val_loader = datamodule.train_dataloader(), datamodule.val_dataloader()
         num_train = count_batches(len(train_loader), s.limit_train_batches, "limit_train_batches")
         num_val = count_batches(len(val_loader), s.limit_val_batches, "limit_val_batches")
@@ -75,10 +83,13 @@ class ReferenceTrainer:
         )
         self.optimizers = [optimizer]
         train_metrics, val_metrics = (self._metrics(stage, model) for stage in ("train", "val"))
-        logger = self._logger(model, datamodule)
+        logger = self._logger(model, datamodule, purge_step=checkpoint["global_step"] if checkpoint else None)
         logger.log_hparams(self.hparams)
         logger.watch(net, optimizer)
         self._call("on_train_start", model)
+        first_epoch = (
+            self._resume(checkpoint, model, datamodule, optimizer, scheduler, val_metrics, logger) if checkpoint else 0
+        )
 
         def on_epoch_end(epoch: int, train_results: dict, val_results: dict | None) -> None:
             if val_results is not None:  # before any checkpoint, as in the module
@@ -90,7 +101,9 @@ class ReferenceTrainer:
                 self._call("on_validation_end", model)
             print(f"epoch {epoch}: " + "  ".join(f"{k}={float(v):.4f}" for k, v in self.callback_metrics.items()))
             if s.enable_checkpointing:
-                state = checkpoint_dict(model, optimizer, scheduler, epoch, logger.steps, val_metrics.best_acc)
+                state = checkpoint_dict(
+                    model, datamodule, optimizer, scheduler, epoch, logger.steps, val_metrics.best_acc
+                )
                 self._save(state, "last.ckpt")
                 if improved:  # like ModelCheckpoint(mode="max"): a tie keeps the earlier best
                     self._save(state, "best.ckpt")
@@ -106,6 +119,7 @@ class ReferenceTrainer:
                 train_metrics,
                 val_metrics,
                 max_epochs=s.max_epochs,
+                first_epoch=first_epoch,
                 num_train_batches=num_train,
                 num_val_batches=num_val,
                 precision=s.precision,
@@ -122,6 +136,22 @@ class ReferenceTrainer:
             )
         self._call("on_train_end", model)
         logger.close()
+
+    def _resume(self, checkpoint: dict, model, datamodule, optimizer, scheduler, val_metrics, logger) -> int:
+        """Load the training state of an epoch-end checkpoint; returns the epoch to go on with."""
+        optimizer.load_state_dict(checkpoint["optimizer_states"][0])
+        if scheduler is not None:
+            scheduler.load_state_dict(checkpoint["lr_schedulers"][0])
+            if model.scheduler_interval == "epoch" and scheduler.last_epoch == checkpoint["epoch"]:
+                scheduler.step()  # saved before its epoch's step (the reference's are; Lightning's last.ckpt is after)
+        datamodule.load_state_dict(checkpoint.get(type(datamodule).__qualname__, {}))
+        val_metrics.best_acc = checkpoint.get("best_val_acc")
+        logger.steps, logger.epoch = checkpoint["global_step"], checkpoint["epoch"] + 1
+        logger.pictures.inputs_logged = True  # the run logged them before
+        if "rng_states" in checkpoint:  # last: nothing may draw between here and the first batch
+            restore_rng(checkpoint["rng_states"])
+        print(f"resuming from epoch {checkpoint['epoch'] + 1} (step {checkpoint['global_step']})")
+        return checkpoint["epoch"] + 1
 
     def validate(self, model: ImageClassifier, datamodule: ImageDataModule, ckpt_path: str | None = None) -> dict:
         """Validation metrics of ``model`` (or of the weights in ``ckpt_path``), logged at step 0."""
@@ -170,9 +200,9 @@ class ReferenceTrainer:
         hp = model.hparams
         return build_stage_metrics(stage, hp.num_classes, hp.num_misclassified_images).to(self.settings.device)
 
-    def _logger(self, model: ImageClassifier, datamodule: ImageDataModule) -> ReferenceLogger:
+    def _logger(self, model: ImageClassifier, datamodule: ImageDataModule, purge_step: int | None = None):
         pictures = monitoring.PictureLog(model.log_images_every_n_epochs, datamodule.mean, datamodule.std)
-        return ReferenceLogger(self.log_dir, self.settings.log_every_n_steps, pictures, model.class_names)
+        return ReferenceLogger(self.log_dir, self.settings.log_every_n_steps, pictures, model.class_names, purge_step)
 
     def _progress(self, loader: Iterable, desc: str, total: int) -> Iterable:
         """The loader as a progress bar over the batches the loop will take; a fresh bar every pass."""
@@ -181,9 +211,7 @@ class ReferenceTrainer:
         return ProgressBar(loader, f"reference {desc}", total)
 
     def _save(self, state: dict, name: str) -> None:
-        path = self.log_dir / "checkpoints" / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(state, path)
+        atomic_torch_save(state, self.log_dir / "checkpoints" / name)  # whole or not at all, as Lightning's are
 
     def _call(self, hook: str, model: ImageClassifier) -> None:
         for callback in self.callbacks:
@@ -220,28 +248,38 @@ def configure_determinism(settings: TrainerSettings) -> None:
         torch.backends.cudnn.benchmark = bool(settings.benchmark)
 
 
-def checkpoint_dict(model: ImageClassifier, optimizer, scheduler, epoch: int, steps: int, best_val_acc) -> dict:
-    """A checkpoint in Lightning's layout (``state_dict`` keys under ``net.``), so either loop reads it."""
+def checkpoint_dict(model: ImageClassifier, datamodule, optimizer, scheduler, epoch: int, steps: int, best) -> dict:
+    """A checkpoint in Lightning's layout (``state_dict`` keys under ``net.``, the data module's state
+    under its class name), so either loop reads it, with the RNG states a resume needs."""
     return {
+        type(datamodule).__qualname__: datamodule.state_dict(),
+        "rng_states": capture_rng(),
         "pytorch-lightning_version": lightning.__version__,  # `twinloop validate --ckpt_path` checks it
         "epoch": epoch,
         "global_step": steps,
         "state_dict": {f"net.{k}": v for k, v in model.net.state_dict().items()},
         "optimizer_states": [optimizer.state_dict()],
         "lr_schedulers": [scheduler.state_dict()] if scheduler is not None else [],
-        "best_val_acc": best_val_acc,
+        "best_val_acc": best,
         "class_names": list(model.class_names),
     }
 
 
 def load_checkpoint(model: ImageClassifier, ckpt_path: str) -> dict:
     """Load a Lightning (or reference) checkpoint's network weights and class names; tensors and
-    plain data only (``weights_only``), so a checkpoint cannot run code."""
-    path = Path(ckpt_path)
-    if not path.is_file():
-        raise UserPathError(f"--ckpt_path: no such file: {path}")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    state = {k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
+    plain data only (``weights_only``), so a checkpoint cannot run code.
+
+    Before anything is loaded, the checkpoint's classes must be the model's (which ``_setup`` took
+    from the data) and its tensors must fit the network; any problem is one ``CheckpointError``
+    naming the file.
+    """
+    try:
+        checkpoint = read_checkpoint(ckpt_path)
+        check_class_names(checkpoint, model.class_names, ckpt_path)
+        state = {k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
+        check_state_dict_fits(state, model.net.state_dict(), ckpt_path)
+    except CheckpointError as exc:
+        raise CheckpointError(f"--ckpt_path: {exc}") from None
     model.net.load_state_dict(state)
     if checkpoint.get("class_names"):
         model.class_names = list(checkpoint["class_names"])
