@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from jsonargparse import Namespace
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -76,7 +75,7 @@ class TwinloopCLI(LightningCLI):
         if trainer.default_root_dir and isinstance(logger, Namespace) and logger.init_args.get("save_dir") == ".":
             logger.init_args.save_dir = trainer.default_root_dir
         if self.subcommand == "fit" and config.get("ckpt_path") == "last" and isinstance(logger, Namespace):
-            config.ckpt_path = resume_into_last_run(logger)
+            config.ckpt_path, self._user_checkpoint = resume_into_last_run(logger)  # checked like any other
 
     def instantiate_classes(self) -> None:
         super().instantiate_classes()
@@ -165,7 +164,7 @@ def newest_last_checkpoint(runs: Path) -> Path:
     return found[-1]
 
 
-def resume_into_last_run(logger: Namespace) -> str:
+def resume_into_last_run(logger: Namespace) -> tuple[str, dict]:
     """``--ckpt_path last``: the newest ``last.ckpt`` of the run directory's versions, resumed into its
     own version folder, with TensorBoard told to drop what the interrupted run logged after it.
 
@@ -173,12 +172,13 @@ def resume_into_last_run(logger: Namespace) -> str:
     """
     runs = Path(logger.init_args.get("save_dir") or ".") / (logger.init_args.get("name") or "")
     last = newest_last_checkpoint(runs)
-    steps = torch.load(last, map_location="cpu", weights_only=True)["global_step"]
+    checkpoint = check_ckpt_path(str(last))
+    steps = checkpoint["global_step"]
     logger.init_args.version = int(last.parent.parent.name.removeprefix("version_"))
     # TensorBoard hides the interrupted run's events from this step on: no step shows twice.
     logger.dict_kwargs = {**(logger.get("dict_kwargs") or {}), "purge_step": steps}
     print(f"resuming {last} (step {steps}) into {last.parent.parent}")
-    return str(last)
+    return str(last), checkpoint
 
 
 class RunConfigLogger(Callback):

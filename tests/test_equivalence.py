@@ -255,16 +255,16 @@ def test_reference_refuses_callback_and_logger_settings_it_would_ignore(setting,
 
 def test_both_loops_keep_the_first_of_equal_best_checkpoints():
     """A later epoch that only ties the best val/acc does not replace the best checkpoint, in either loop."""
-    # Digits with these settings reach val/acc 0.980501 (352 of 359) at epochs 1, 3 and 4.
-    args = [*FAST, "--trainer.max_epochs=5"]
+    # Digits with seed 1 reach 355 of 359 right at epochs 2 and 6, and no more in 7 epochs.
+    args = [*FAST, "--seed_everything=1", "--trainer.max_epochs=7", "--model.log_images_every_n_epochs=0"]
     lit = compare.run_lightning(args, Path("runs"), "tie")
     ref = compare.run_reference(args, Path("ref"))
     (lightning_best,) = Path("runs/tie/lightning/checkpoints").glob("best-*.ckpt")
     correct = [round(epoch["val/acc"] * 359) for epoch in lit.val]
     assert correct == [round(epoch["val/acc"] * 359) for epoch in ref.val]
-    assert correct[1] == correct[3] == correct[4] == max(correct) == 352  # the tie really happens
+    assert correct[2] == correct[6] == max(correct) == 355  # the tie really happens
     lightning_epoch = torch.load(lightning_best, weights_only=True)["epoch"]
-    assert lightning_epoch == torch.load("ref/checkpoints/best.ckpt", weights_only=True)["epoch"] == 1
+    assert lightning_epoch == torch.load("ref/checkpoints/best.ckpt", weights_only=True)["epoch"] == 2
 
 
 def test_default_root_dir_holds_the_logs_of_both_loops():
