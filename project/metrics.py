@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torchmetrics import MeanMetric, MetricCollection
+from torchmetrics import MetricCollection, SumMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 
@@ -18,7 +18,10 @@ class StageMetrics(nn.Module):
     def __init__(self, stage: str, num_classes: int, detailed: bool = False, keep_misclassified: int = 16):
         super().__init__()
         self.stage = stage
-        self.loss = MeanMetric(nan_strategy="disable")  # a NaN loss makes the mean NaN: never hidden
+        # The batch-size weighted mean as two sums, NaNs kept: MeanMetric drops NaNs by default, and
+        # with nan_strategy="disable" it drops the weights instead (torchmetrics 1.9).
+        self.loss_sum = SumMetric(nan_strategy="disable")
+        self.samples = SumMetric(nan_strategy="disable")
         metrics = {"acc": MulticlassAccuracy(num_classes, average="micro")}
         if num_classes > 5:
             metrics["acc_top5"] = MulticlassAccuracy(num_classes, top_k=5, average="micro")
@@ -34,7 +37,8 @@ class StageMetrics(nn.Module):
     @torch.no_grad()
     def update(self, logits: Tensor, target: Tensor, loss: Tensor, images: Tensor | None = None) -> None:
         logits, loss = logits.detach().float(), loss.detach().float()
-        self.loss.update(loss, weight=target.shape[0])
+        self.loss_sum.update(loss * target.shape[0])
+        self.samples.update(torch.tensor(float(target.shape[0]), device=loss.device))
         self.scores.update(logits, target)
         if self.detailed:
             self.per_class.update(logits, target)
@@ -48,7 +52,7 @@ class StageMetrics(nn.Module):
         """Scalars by TensorBoard tag, e.g. ``{"val/loss": ..., "val/acc": ...}``."""
         # Training logs the loss per step as train/loss, so its epoch mean gets a tag of its own.
         loss_tag = "loss_epoch" if self.stage == "train" else "loss"
-        out = {f"{self.stage}/{loss_tag}": self.loss.compute()}
+        out = {f"{self.stage}/{loss_tag}": self.loss_sum.compute() / self.samples.compute()}
         out.update({f"{self.stage}/{k}": v for k, v in self.scores.compute().items()})
         return out
 
@@ -76,7 +80,8 @@ class StageMetrics(nn.Module):
         return self.confusion.compute()
 
     def reset(self) -> None:
-        self.loss.reset()
+        self.loss_sum.reset()
+        self.samples.reset()
         self.scores.reset()
         if self.detailed:
             self.per_class.reset()

@@ -47,7 +47,8 @@ def image_folder(folder: Path, transform: Callable | None = None, scan: FolderSc
 def imagefolder_stats(files: list[Path], transform: Callable, max_images: int = 256) -> Stats:
     """Per-channel mean and std of (up to ``max_images`` evenly spaced) training images."""
     step = max(1, len(files) // max_images)
-    pixels = torch.cat([transform(read_rgb(str(p))).flatten(1) for p in files[::step]], dim=1)  # (3, N)
+    sample = files[::step][:max_images]
+    pixels = torch.cat([transform(read_rgb(str(p))).flatten(1) for p in sample], dim=1)  # (3, N)
     std = pixels.std(dim=1).clamp_min(1e-3)
     return tuple(pixels.mean(dim=1).tolist()), tuple(std.tolist())
 
