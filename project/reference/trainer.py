@@ -91,23 +91,7 @@ class ReferenceTrainer:
             self._resume(checkpoint, model, datamodule, optimizer, scheduler, val_metrics, logger) if checkpoint else 0
         )
 
-        def on_epoch_end(epoch: int, train_results: dict, val_results: dict | None) -> None:
-            if val_results is not None:  # before any checkpoint, as in the module
-                check_finite_loss(val_results["val/loss"], f"the validation of epoch {epoch}")
-            improved = val_results is not None and val_metrics.record_best(float(val_results["val/acc"]))
-            logger.on_epoch_end(epoch, train_results, val_metrics if val_results is not None else None)
-            self.callback_metrics = {**train_results, **(val_results or {})}
-            if val_results is not None:
-                self._call("on_validation_end", model)
-            print(f"epoch {epoch}: " + "  ".join(f"{k}={float(v):.4f}" for k, v in self.callback_metrics.items()))
-            if s.enable_checkpointing:
-                state = checkpoint_dict(
-                    model, datamodule, optimizer, scheduler, epoch, logger.steps, val_metrics.best_acc
-                )
-                self._save(state, "last.ckpt")
-                if improved:  # like ModelCheckpoint(mode="max"): a tie keeps the earlier best
-                    self._save(state, "best.ckpt")
-
+        on_epoch_end = self._epoch_end(model, datamodule, optimizer, scheduler, val_metrics, logger)
         with out_of_memory_hinted(datamodule.batch_size, s.precision):
             loop.fit(
                 net,
@@ -136,6 +120,28 @@ class ReferenceTrainer:
             )
         self._call("on_train_end", model)
         logger.close()
+
+    def _epoch_end(self, model, datamodule, optimizer, scheduler, val_metrics, logger):
+        """What follows each epoch, as Lightning's hooks and callbacks do it: the loss check, the best
+        score, logging, the callbacks, and the checkpoints (before the epoch's scheduler step)."""
+
+        def on_epoch_end(epoch: int, train_results: dict, val_results: dict | None) -> None:
+            if val_results is not None:  # before any checkpoint, as in the module
+                check_finite_loss(val_results["val/loss"], f"the validation of epoch {epoch}")
+            improved = val_results is not None and val_metrics.record_best(float(val_results["val/acc"]))
+            logger.on_epoch_end(epoch, train_results, val_metrics if val_results is not None else None)
+            self.callback_metrics = {**train_results, **(val_results or {})}
+            if val_results is not None:
+                self._call("on_validation_end", model)
+            print(f"epoch {epoch}: " + "  ".join(f"{k}={float(v):.4f}" for k, v in self.callback_metrics.items()))
+            if self.settings.enable_checkpointing:
+                best = val_metrics.best_acc
+                state = checkpoint_dict(model, datamodule, optimizer, scheduler, epoch, logger.steps, best)
+                self._save(state, "last.ckpt")
+                if improved:  # like ModelCheckpoint(mode="max"): a tie keeps the earlier best
+                    self._save(state, "best.ckpt")
+
+        return on_epoch_end
 
     def _resume(self, checkpoint: dict, model, datamodule, optimizer, scheduler, val_metrics, logger) -> int:
         """Load the training state of an epoch-end checkpoint; returns the epoch to go on with."""
