@@ -1,4 +1,7 @@
+import os
+import shutil
 import subprocess
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -7,6 +10,7 @@ import pytest
 from tests.helpers import EQUIVALENCE_RESULTS, REPO, make_image_folder
 
 _UNTRACKED = pytest.StashKey[set]()
+_HYPOTHESIS_DIR = pytest.StashKey[str]()
 
 
 @pytest.fixture(autouse=True)
@@ -61,3 +65,17 @@ def pytest_terminal_summary(terminalreporter):
             f"equivalence: {len(EQUIVALENCE_RESULTS)} cases compared, largest |Δ| over all of them "
             f"{worst[1]:.3g} ({worst[0]})"
         )
+
+
+def pytest_configure(config):
+    """Hypothesis caches under .hypothesis/ in the directory pytest started in (the repo) while it
+    collects: point it at a tmp dir of this run instead, unless the caller chose one."""
+    if "HYPOTHESIS_STORAGE_DIRECTORY" not in os.environ:
+        config.stash[_HYPOTHESIS_DIR] = tempfile.mkdtemp(prefix="twinloop-hypothesis-")
+        os.environ["HYPOTHESIS_STORAGE_DIRECTORY"] = config.stash[_HYPOTHESIS_DIR]
+
+
+def pytest_unconfigure(config):
+    if (path := config.stash.get(_HYPOTHESIS_DIR, None)) is not None:
+        shutil.rmtree(path, ignore_errors=True)
+        os.environ.pop("HYPOTHESIS_STORAGE_DIRECTORY", None)
