@@ -43,7 +43,7 @@ $(VENV)/.installed-mutation: $(STAMP) pyproject.toml
 	$(BIN)/pip install -q -e '.[dev,notebooks,mutation]'
 	touch $@
 
-mutation: $(VENV)/.installed-mutation  ## mutmut over the shared parts (about 45 min on 2 cores; not in make test); see MUTATION.md
+mutation: $(VENV)/.installed-mutation  ## mutation testing of the shared parts with mutmut (20-30 min on 2 cores; not in make test); see MUTATION.md
 	rm -rf mutants
 	$(BIN)/mutmut run
 	$(BIN)/mutmut export-cicd-stats
