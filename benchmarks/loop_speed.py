@@ -7,7 +7,9 @@ epoch 1 to the first of the last epoch: whole epochs in steady state, validation
     python benchmarks/loop_speed.py                                   # digits on the CPU, small
     python benchmarks/loop_speed.py -c configs/gpu_fast.yaml --epochs 4 --repeats 3
 
-Other options are `twinloop` config overrides. The bare loop is the textbook one: an fp32
+On a machine that other jobs share, `--clock cpu --threads 1` times the process's own CPU time on one
+thread instead of the wall clock, which the others' load does not stretch. Other options are
+`twinloop` config overrides. The bare loop is the textbook one: an fp32
 DataLoader loop with `zero_grad`, forward, loss, `backward`, `step` and a plain evaluation pass,
 no metrics, logging or checkpoints, whatever the config's fast-path switches. It prints a table
 and writes JSON (default: benchmarks/results/loop_speed-<device>.json).
@@ -37,6 +39,10 @@ from project.reference.config import load_run
 QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
 
 
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+CLOCK = CLOCKS["wall"]
+
+
 class Stopwatch:
     """Timestamps of every training forward of a network: the clock the three loops share."""
 
@@ -49,7 +55,7 @@ class Stopwatch:
         if module.training and torch.is_grad_enabled():
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)  # the time a step really ends, not when it was queued
-            self.times.append(time.perf_counter())
+            self.times.append(CLOCK())
 
     def result(self, epochs: int) -> dict:
         self.handle.remove()
@@ -174,6 +180,8 @@ def summarize(args: list[str], results: dict, epochs: int) -> dict:
         "lightning": lightning.__version__,
         "python": platform.python_version(),
         "command": "python benchmarks/loop_speed.py " + " ".join(sys.argv[1:]),
+        "clock": "cpu" if CLOCK is time.process_time else "wall",
+        "torch_threads": torch.get_num_threads(),
         "config_args": args,
         "precision": settings.precision,
         "epochs": epochs,
@@ -192,7 +200,10 @@ def summarize(args: list[str], results: dict, epochs: int) -> dict:
 
 
 def print_table(summary: dict) -> None:
-    print(f"{summary['device']}, torch {summary['torch']}, lightning {summary['lightning']}, {summary['precision']}")
+    print(
+        f"{summary['device']}, torch {summary['torch']}, lightning {summary['lightning']}, {summary['precision']}, "
+        f"{summary['clock']} clock, {summary['torch_threads']} torch threads"
+    )
     print(f"{'loop':<11}{'img/s':>11}{'ms/step':>10}{'MFU':>8}{'peak MB':>9}")
     for name, loop in summary["loops"].items():
         mfu = f"{100 * loop['mfu']:.1f}%" if loop["mfu"] is not None else "-"
@@ -210,7 +221,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--json", help="where to write the results (default: benchmarks/results/loop_speed-<device>.json)"
     )
+    parser.add_argument("--clock", choices=CLOCKS, default="wall", help="wall clock, or this process's CPU time")
+    parser.add_argument("--threads", type=int, help="torch's intra-op threads (default: torch's choice)")
     opts, rest = parser.parse_known_args(argv)
+    global CLOCK
+    CLOCK = CLOCKS[opts.clock]
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
     if opts.epochs < 3:
         parser.error("--epochs must be at least 3")
     args = [*QUIET, "--model.log_images_every_n_epochs=0", *(rest or ["-c", "configs/digits.yaml"])]

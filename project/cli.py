@@ -94,6 +94,8 @@ class TwinloopCLI(LightningCLI):
         and read through ``AtomicCheckpointIO`` unless ``--trainer.plugins`` names a CheckpointIO."""
         if config.get("enable_checkpointing") is False:
             callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
+        if self.subcommand != "predict":  # a callback costs Lightning a dispatch per hook at every step
+            callbacks = [c for c in callbacks if not isinstance(c, PredictionCSV)]
         config = {**config, "plugins": with_atomic_checkpoints(config.get("plugins"), config.get("strategy"))}
         run_config = self.config[self.subcommand] if self.subcommand else self.config
         extra = [RunConfigLogger(run_config.as_dict()), OutOfMemoryHint()]

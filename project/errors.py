@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -34,10 +34,12 @@ class NonFiniteLossError(ArithmeticError):
     """Training met a NaN or infinite loss and stopped before it reached the weights or a checkpoint."""
 
 
-def check_finite_loss(loss, where: str) -> None:
-    """Stop a run at the first non-finite loss, naming ``where`` (epoch, batch, step): once a NaN
-    reaches the gradients, every weight after it is NaN, and so would be every later checkpoint."""
+def check_finite_loss(loss, where: str | Callable[[], str]) -> None:
+    """Stop a run at the first non-finite loss, naming ``where`` (epoch, batch, step; a callable is
+    only called then, so a training step does not build the text): once a NaN reaches the
+    gradients, every weight after it is NaN, and so would be every later checkpoint."""
     if not bool(loss.isfinite()):
+        where = where() if callable(where) else where
         raise NonFiniteLossError(
             f"the loss is {float(loss)} at {where}; training stopped, and the checkpoints already written "
             "are the last finite ones. Lower the learning rate, or clip gradients (--trainer.gradient_clip_val)."

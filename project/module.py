@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import lightning as L
@@ -97,7 +98,7 @@ class ImageClassifier(L.LightningModule):
         # mode would otherwise train with frozen BatchNorm statistics and no dropout.
         self.train()
 
-    def _shared_step(self, batch, metrics: StageMetrics, where: str | None = None) -> Tensor:
+    def _shared_step(self, batch, metrics: StageMetrics, where: Callable[[], str] | None = None) -> Tensor:
         x, y = batch
         logits = self(x)
         loss = self.criterion(logits, y)
@@ -107,13 +108,15 @@ class ImageClassifier(L.LightningModule):
         return loss
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
-        where = f"epoch {self.current_epoch}, batch {batch_idx} (step {self.global_step})"
+        def where() -> str:  # only called for a non-finite loss: the text costs a step time
+            return f"epoch {self.current_epoch}, batch {batch_idx} (step {self.global_step})"
+
         loss = self._shared_step(batch, self.train_metrics, where)
-        every = self.trainer.log_every_n_steps
-        if every and (self.global_step + 1) % every == 0:  # the steps Lightning writes; self.log costs on every call
+        every, step = self.trainer.log_every_n_steps, self.global_step
+        if every and (step + 1) % every == 0:  # the steps Lightning writes; self.log costs on every call
             self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
-        if (writer := self._writer()) is not None:
-            self.pictures.log_inputs(writer, batch[0], self.global_step)
+        if self.pictures is not None and not self.pictures.inputs_logged and (writer := self._writer()) is not None:
+            self.pictures.log_inputs(writer, batch[0], step)
         return loss
 
     def on_train_epoch_end(self) -> None:
