@@ -20,10 +20,11 @@ class RandomCropFlip:
 
     def __call__(self, x: Tensor) -> Tensor:
         # x: (B, C, H, W) on any device; draws happen on the CPU generator, indexing on x's device.
+        # The draws are copied without waiting: a blocking copy to a GPU would sync with it every step.
         b, c, h, w = x.shape
         p = self.padding
-        shifts = torch.randint(0, 2 * p + 1, (b, 2), generator=self.generator).to(x.device)
-        flips = (torch.rand(b, generator=self.generator) < 0.5).to(x.device)
+        shifts = torch.randint(0, 2 * p + 1, (b, 2), generator=self.generator).to(x.device, non_blocking=True)
+        flips = (torch.rand(b, generator=self.generator) < 0.5).to(x.device, non_blocking=True)
         padded = F.pad(x, (p, p, p, p))
         rows = torch.arange(h, device=x.device) + shifts[:, :1]  # (B, H)
         cols = torch.arange(w, device=x.device) + shifts[:, 1:]  # (B, W)
