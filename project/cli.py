@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from jsonargparse import Namespace
+from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -29,8 +30,46 @@ TRAINER_DEFAULTS = {
 }
 
 
+# ``int | float``, not ``typing.Union``: typing caches unions and treats ``Union[int, float]`` and
+# ``Union[float, int]`` as one, so Lightning's ``Optional[Union[int, float]]`` batch limits come out as
+# ``Union[float, int, None]`` (``lightning/fabric/fabric.py`` spells one first). jsonargparse tries a
+# union's types in order, and float takes ``1``: ``limit_train_batches: 1`` became 1.0, every batch.
+BatchLimit = int | float | None
+
+
+class BatchLimitTrainer(Trainer):
+    """Lightning's Trainer, with the ``limit_*_batches`` parsed int first: ``1`` is one batch,
+    ``1.0`` all of them, as the Trainer's docs say.
+
+    Args:
+        limit_train_batches: How much of the training set to use per epoch (float = fraction,
+            int = number of batches). Default: ``1.0``.
+        limit_val_batches: The same for each validation run.
+        limit_test_batches: The same for testing.
+        limit_predict_batches: The same for predicting.
+    """
+
+    def __init__(
+        self,
+        *,
+        limit_train_batches: BatchLimit = None,
+        limit_val_batches: BatchLimit = None,
+        limit_test_batches: BatchLimit = None,
+        limit_predict_batches: BatchLimit = None,
+        **kwargs,
+    ):
+        super().__init__(
+            limit_train_batches=limit_train_batches,
+            limit_val_batches=limit_val_batches,
+            limit_test_batches=limit_test_batches,
+            limit_predict_batches=limit_predict_batches,
+            **kwargs,
+        )
+
+
 class TwinloopCLI(LightningCLI):
     def __init__(self, *args, **kwargs):
+        kwargs.setdefault("trainer_class", BatchLimitTrainer)
         kwargs.setdefault("trainer_defaults", TRAINER_DEFAULTS)
         kwargs.setdefault("seed_everything_default", 42)
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
