@@ -6,18 +6,19 @@ from pathlib import Path
 
 from jsonargparse import Namespace
 from lightning.pytorch import Trainer
-from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.io import CheckpointIO
 
-from project.callbacks import LatestCheckpoint, OutOfMemoryHint, PredictionCSV
+from project.callbacks import LatestCheckpoint, LogLinesProgressBar, OutOfMemoryHint, PredictionCSV
 from project.checkpoint_io import AtomicCheckpointIO, check_class_names, check_state_dict_fits, read_checkpoint
 from project.data import ImageDataModule
 from project.errors import CheckpointError, UserPathError, reported_as_exit
 from project.factory import DEFAULT_OPTIMIZER
 from project.module import ImageClassifier
 from project.monitoring import log_hparams, run_hparams
+from project.progress import stdout_is_terminal
 
 TRAINER_DEFAULTS = {
     "max_epochs": 10,
@@ -130,12 +131,17 @@ class TwinloopCLI(LightningCLI):
         ``tests/test_cli.py`` fails if it changes): the checkpoint callbacks are always added from
         the config, so `--trainer.enable_checkpointing=false` drops them here; the run's settings
         go to the HPARAMS tab, and an out-of-memory error gets its hint. Checkpoints are written
-        and read through ``AtomicCheckpointIO`` unless ``--trainer.plugins`` names a CheckpointIO."""
+        and read through ``AtomicCheckpointIO`` unless ``--trainer.plugins`` names a CheckpointIO.
+        A stdout that is not a terminal (a log file) gets progress lines instead of tqdm's bar,
+        unless the bar is off or ``--trainer.callbacks`` brings a progress bar of its own."""
         if config.get("enable_checkpointing") is False:
             callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
         config = {**config, "plugins": with_atomic_checkpoints(config.get("plugins"), config.get("strategy"))}
         run_config = self.config[self.subcommand] if self.subcommand else self.config
         extra = [RunConfigLogger(run_config.as_dict()), OutOfMemoryHint()]
+        own = config.get("callbacks") or []
+        if wants_log_lines(config.get("enable_progress_bar"), [*(own if isinstance(own, list) else [own]), *callbacks]):
+            extra.append(LogLinesProgressBar())
         return super()._instantiate_trainer(config, [*callbacks, *extra])
 
     def after_fit(self) -> None:
@@ -146,6 +152,12 @@ class TwinloopCLI(LightningCLI):
         if "val/acc" in metrics:
             best = float(metrics.get("val/acc_best", metrics["val/acc"]))
             print(f"val/acc {float(metrics['val/acc']):.4f} (best {best:.4f})")
+
+
+def wants_log_lines(enable_progress_bar: bool | None, callbacks: list) -> bool:
+    """Progress lines replace tqdm's bar when stdout is not a terminal and the bar is wanted."""
+    has_bar = any(isinstance(c, ProgressBar) for c in callbacks)
+    return enable_progress_bar is not False and not has_bar and not stdout_is_terminal()
 
 
 def data_seed(seed_everything: int | bool) -> int:
