@@ -1,5 +1,6 @@
-"""Progress as plain lines, for log files: one line every N optimizer steps and one per epoch, the
-same in both loops. A terminal gets tqdm bars instead; a file would get every redraw of them."""
+"""Progress as plain lines, for log files: one line every N optimizer steps and one per epoch (a
+validate, test or predict run: one every N batches), the same in both loops. A terminal gets tqdm
+bars instead; a file would get every redraw of them."""
 
 from __future__ import annotations
 
@@ -75,3 +76,24 @@ class LineProgress:
     @staticmethod
     def write(line: str) -> None:
         print(line, flush=True)  # a redirected stdout is block-buffered: the line shows now
+
+
+class EvaluationLines:
+    """The lines of a validate, test or predict run: one every N batches and one at the last."""
+
+    def __init__(self, stage: str, every_n_batches: int, total: int, clock: Callable[[], float] = time.monotonic):
+        self.stage, self.every_n_batches, self.total, self.clock = stage, max(1, every_n_batches), total, clock
+        self.start = self.since = clock()
+        self.batches = self.samples = 0
+
+    def on_batch(self, samples: int) -> None:
+        self.batches, self.samples = self.batches + 1, self.samples + samples
+        if self.batches % self.every_n_batches and self.batches != self.total:
+            return
+        now = self.clock()
+        eta = (now - self.start) / self.batches * (self.total - self.batches)
+        LineProgress.write(
+            f"{self.stage} batch {self.batches}/{self.total}  {self.samples / max(now - self.since, 1e-9):.0f} "
+            f"samples/s  ETA {duration(eta)}"
+        )
+        self.samples, self.since = 0, now

@@ -19,6 +19,7 @@ import project.cli
 from project.callbacks import LogLinesProgressBar
 from project.cli import TwinloopCLI
 from project.progress import LineProgress
+from project.reference.config import load_run
 from tests.helpers import CONFIGS, FAST, REPO
 
 pytestmark = pytest.mark.fit  # every test here trains with a loop
@@ -106,3 +107,29 @@ def test_line_cadence_and_eta_from_the_steps_done_in_this_process(capsys):
     assert out[0] == "step 25/40  epoch 3/3  loss 0.2500  64 samples/s  ETA 0:00:08"
     assert [line.split()[1] for line in out] == ["25/40", "30/40", "35/40", "40/40"]
     assert out[-1].endswith("ETA 0:00:00")
+
+
+@pytest.mark.parametrize("loop", list(MODULES))
+@pytest.mark.parametrize("stage", ["validate", "test"])
+def test_validate_and_test_on_their_own_print_a_line_every_n_batches(loop, stage, capsys):
+    """`validate` and `test` with stdout not a terminal: a line every log_every_n_steps batches and at the last."""
+    args = ["--trainer.log_every_n_steps=2", "--trainer.enable_model_summary=false"]
+    if loop == "lightning":
+        TwinloopCLI(args=[stage, *args])
+    else:
+        run = load_run(args)
+        getattr(run.trainer, stage)(run.model, run.datamodule)
+    lines = re.findall(rf"^{stage} batch (\d+)/6  \d+ samples/s  ETA \d:\d\d:\d\d$", capsys.readouterr().out, re.M)
+    assert lines == ["2", "4", "6"]  # 360 validation digits in batches of 64
+
+
+def test_predict_prints_a_line_every_n_batches(image_folder, capsys):
+    """`predict` with stdout not a terminal: a line every log_every_n_steps batches and at the last."""
+    args = ["--data.dataset=imagefolder", f"--data.root={image_folder}", "--data.image_size=16"]
+    cli = TwinloopCLI(args=["fit", *FAST, *args, "--trainer.max_epochs=1", "--trainer.limit_train_batches=1"])
+    capsys.readouterr()
+    ckpt = cli.trainer.checkpoint_callback.best_model_path
+    predict = [*args, "--data.batch_size=4", "--trainer.log_every_n_steps=2", "--trainer.enable_model_summary=false"]
+    TwinloopCLI(args=["predict", *predict, f"--data.predict_root={image_folder / 'circles'}", "--ckpt_path", ckpt])
+    lines = re.findall(r"^predict batch (\d+)/3  ", capsys.readouterr().out, re.M)
+    assert lines == ["2", "3"]  # 12 images in batches of 4

@@ -24,7 +24,7 @@ from project.errors import check_finite_loss, out_of_memory_hint
 from project.factory import build_optimization, stepping_batches
 from project.metrics import StageMetrics, build_stage_metrics
 from project.module import ImageClassifier
-from project.progress import LineProgress, stdout_is_terminal
+from project.progress import EvaluationLines, LineProgress, stdout_is_terminal
 from project.reference import loop
 from project.reference.checkpoints import checkpoint_dict, load_checkpoint
 from project.reference.logger import ReferenceLogger, next_version_dir
@@ -217,12 +217,18 @@ class ReferenceTrainer:
 
     def _progress(self, loader: Iterable, desc: str, total: int, lines: LineProgress | None = None) -> Iterable:
         """The loader as a progress bar over the batches the loop will take, a fresh bar every pass;
-        on a stdout that is not a terminal, no bar, and the training batches counted for the lines."""
-        if not self.settings.enable_progress_bar:
+        on a stdout that is not a terminal, no bar: the training batches are counted for the fit's
+        lines, and a validate or test run gets lines of its own."""
+        s = self.settings
+        if not s.enable_progress_bar:
             return loader
-        if not stdout_is_terminal():
-            return CountedBatches(loader, lines) if lines is not None and desc == "train" else loader
-        return ProgressBar(loader, f"reference {desc}", total)
+        if stdout_is_terminal():
+            return ProgressBar(loader, f"reference {desc}", total)
+        if desc == "train" and lines is not None:
+            return CountedBatches(loader, lines.add_samples)
+        if desc in ("validate", "test"):
+            return CountedBatches(loader, EvaluationLines(desc, s.log_every_n_steps or 50, total).on_batch)
+        return loader  # the validation inside fit: its results go into the epoch line
 
     def _line_progress(self, first_step: int) -> LineProgress | None:
         """The progress lines of a fit (epoch lines under the bars too), as Lightning's progress bars
@@ -263,14 +269,15 @@ class ProgressBar:
 
 
 class CountedBatches:
-    """An iterable of ``(x, y)`` batches that counts the samples for the progress lines."""
+    """An iterable of ``(x, y)`` batches that tells ``count`` each batch's number of samples, for the
+    progress lines."""
 
-    def __init__(self, iterable: Iterable, lines: LineProgress):
-        self.iterable, self.lines = iterable, lines
+    def __init__(self, iterable: Iterable, count: Callable[[int], None]):
+        self.iterable, self.count = iterable, count
 
     def __iter__(self):
         for batch in self.iterable:
-            self.lines.add_samples(len(batch[0]))
+            self.count(len(batch[0]))
             yield batch
 
 
