@@ -1,4 +1,5 @@
-"""Callbacks the CLI always adds: best/last checkpoints, the predictions CSV, and an out-of-memory hint."""
+"""Callbacks the CLI adds: best/last checkpoints, the predictions CSV, an out-of-memory hint, and
+progress lines for a stdout that is not a terminal."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import BasePredictionWriter, Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import BasePredictionWriter, Callback, ModelCheckpoint, ProgressBar
+from lightning.pytorch.trainer.states import TrainerFn
 
 from project.errors import out_of_memory_hint
+from project.progress import EPOCH_KEYS, EvaluationLines, LineProgress
 
 
 class LatestCheckpoint(ModelCheckpoint):
@@ -63,3 +66,93 @@ class OutOfMemoryHint(Callback):
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         if isinstance(exception, torch.OutOfMemoryError) and trainer.datamodule is not None:
             exception.hint = out_of_memory_hint(trainer.datamodule.batch_size, str(trainer.precision))
+
+
+class LogLinesProgressBar(ProgressBar):
+    """Lightning's progress bar for a log file: the plain lines of ``project.progress`` (one every N
+    optimizer steps, one per epoch with its validation results; in validate, test and predict one
+    every N batches) instead of tqdm's redraws.
+
+    Args:
+        every_n_steps: a line every this many optimizer steps (or batches); by default the Trainer's
+            ``log_every_n_steps``, the steps TensorBoard gets ``train/loss`` at.
+    """
+
+    def __init__(self, every_n_steps: int | None = None):
+        super().__init__()
+        self.every_n_steps = every_n_steps
+        self.enabled = True
+        self.lines: LineProgress | None = None
+        self.evaluation: EvaluationLines | None = None
+        self.validation: dict = {}
+        self.last_step = 0
+
+    def disable(self) -> None:
+        self.enabled = False
+
+    def enable(self) -> None:
+        self.enabled = True
+
+    def every(self, trainer: L.Trainer) -> int:
+        return self.every_n_steps or trainer.log_every_n_steps or 50
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.enabled:
+            total, step = trainer.estimated_stepping_batches, trainer.global_step
+            self.lines = LineProgress(self.every(trainer), total, trainer.max_epochs, first_step=step)
+            self.last_step, self.validation = step, {}
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
+        if self.lines is None:
+            return
+        self.lines.add_samples(len(batch[0]))
+        if trainer.global_step != self.last_step:  # an optimizer step (not every batch, under accumulation)
+            self.last_step = trainer.global_step
+            self.lines.on_step(self.last_step, trainer.current_epoch, lambda: float(outputs["loss"]))
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.lines is not None:
+            self.lines.on_epoch_end(trainer.current_epoch, trainer.global_step, self.validation)
+            self.validation = {}
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.lines = None
+
+    # validate, test and predict on their own (not the validation inside fit)
+    def start_evaluation(self, trainer: L.Trainer, stage: str, total: int | float) -> None:
+        standalone = trainer.state.fn != TrainerFn.FITTING and not trainer.sanity_checking
+        if self.enabled and standalone and total != float("inf"):
+            self.evaluation = EvaluationLines(stage, self.every(trainer), int(total))
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.start_evaluation(trainer, "validate", self.total_val_batches)
+
+    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.start_evaluation(trainer, "test", sum(trainer.num_test_batches))
+
+    def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.start_evaluation(trainer, "predict", sum(trainer.num_predict_batches))
+
+    def count_evaluation_batch(self, batch) -> None:
+        if self.evaluation is not None:
+            self.evaluation.on_batch(len(batch[0]))
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self.count_evaluation_batch(batch)
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self.count_evaluation_batch(batch)
+
+    def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self.count_evaluation_batch(batch)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.lines is not None and not trainer.sanity_checking:
+            self.validation = {k: trainer.callback_metrics.get(k) for k in EPOCH_KEYS}
+        self.evaluation = None
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.evaluation = None
+
+    def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.evaluation = None

@@ -5,18 +5,20 @@ from __future__ import annotations
 from pathlib import Path
 
 from jsonargparse import Namespace
-from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.io import CheckpointIO
 
-from project.callbacks import LatestCheckpoint, OutOfMemoryHint, PredictionCSV
+from project.callbacks import LatestCheckpoint, LogLinesProgressBar, OutOfMemoryHint, PredictionCSV
 from project.checkpoint_io import AtomicCheckpointIO, check_class_names, check_state_dict_fits, read_checkpoint
 from project.data import ImageDataModule
 from project.errors import CheckpointError, UserPathError, reported_as_exit
 from project.factory import DEFAULT_OPTIMIZER
 from project.module import ImageClassifier
 from project.monitoring import log_hparams, run_hparams
+from project.progress import stdout_is_terminal
 
 TRAINER_DEFAULTS = {
     "max_epochs": 10,
@@ -29,8 +31,46 @@ TRAINER_DEFAULTS = {
 }
 
 
+# ``int | float``, not ``typing.Union``: typing caches unions and treats ``Union[int, float]`` and
+# ``Union[float, int]`` as one, so Lightning's ``Optional[Union[int, float]]`` batch limits come out as
+# ``Union[float, int, None]`` (``lightning/fabric/fabric.py`` spells one first). jsonargparse tries a
+# union's types in order, and float takes ``1``: ``limit_train_batches: 1`` became 1.0, every batch.
+BatchLimit = int | float | None
+
+
+class BatchLimitTrainer(Trainer):
+    """Lightning's Trainer, with the ``limit_*_batches`` parsed int first: ``1`` is one batch,
+    ``1.0`` all of them, as the Trainer's docs say.
+
+    Args:
+        limit_train_batches: How much of the training set to use per epoch (float = fraction,
+            int = number of batches). Default: ``1.0``.
+        limit_val_batches: The same for each validation run.
+        limit_test_batches: The same for testing.
+        limit_predict_batches: The same for predicting.
+    """
+
+    def __init__(
+        self,
+        *,
+        limit_train_batches: BatchLimit = None,
+        limit_val_batches: BatchLimit = None,
+        limit_test_batches: BatchLimit = None,
+        limit_predict_batches: BatchLimit = None,
+        **kwargs,
+    ):
+        super().__init__(
+            limit_train_batches=limit_train_batches,
+            limit_val_batches=limit_val_batches,
+            limit_test_batches=limit_test_batches,
+            limit_predict_batches=limit_predict_batches,
+            **kwargs,
+        )
+
+
 class TwinloopCLI(LightningCLI):
     def __init__(self, *args, **kwargs):
+        kwargs.setdefault("trainer_class", BatchLimitTrainer)
         kwargs.setdefault("trainer_defaults", TRAINER_DEFAULTS)
         kwargs.setdefault("seed_everything_default", 42)
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
@@ -91,7 +131,9 @@ class TwinloopCLI(LightningCLI):
         ``tests/test_cli.py`` fails if it changes): the checkpoint callbacks are always added from
         the config, so `--trainer.enable_checkpointing=false` drops them here; the run's settings
         go to the HPARAMS tab, and an out-of-memory error gets its hint. Checkpoints are written
-        and read through ``AtomicCheckpointIO`` unless ``--trainer.plugins`` names a CheckpointIO."""
+        and read through ``AtomicCheckpointIO`` unless ``--trainer.plugins`` names a CheckpointIO.
+        A stdout that is not a terminal (a log file) gets progress lines instead of tqdm's bar,
+        unless the bar is off or ``--trainer.callbacks`` brings a progress bar of its own."""
         if config.get("enable_checkpointing") is False:
             callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
         if self.subcommand != "predict":  # a callback costs Lightning a dispatch per hook at every step
@@ -99,6 +141,9 @@ class TwinloopCLI(LightningCLI):
         config = {**config, "plugins": with_atomic_checkpoints(config.get("plugins"), config.get("strategy"))}
         run_config = self.config[self.subcommand] if self.subcommand else self.config
         extra = [RunConfigLogger(run_config.as_dict()), OutOfMemoryHint()]
+        own = config.get("callbacks") or []
+        if wants_log_lines(config.get("enable_progress_bar"), [*(own if isinstance(own, list) else [own]), *callbacks]):
+            extra.append(LogLinesProgressBar())
         return super()._instantiate_trainer(config, [*callbacks, *extra])
 
     def after_fit(self) -> None:
@@ -109,6 +154,12 @@ class TwinloopCLI(LightningCLI):
         if "val/acc" in metrics:
             best = float(metrics.get("val/acc_best", metrics["val/acc"]))
             print(f"val/acc {float(metrics['val/acc']):.4f} (best {best:.4f})")
+
+
+def wants_log_lines(enable_progress_bar: bool | None, callbacks: list) -> bool:
+    """Progress lines replace tqdm's bar when stdout is not a terminal and the bar is wanted."""
+    has_bar = any(isinstance(c, ProgressBar) for c in callbacks)
+    return enable_progress_bar is not False and not has_bar and not stdout_is_terminal()
 
 
 def data_seed(seed_everything: int | bool) -> int:

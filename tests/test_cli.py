@@ -8,6 +8,7 @@ import torch
 import yaml
 
 from project.cli import TwinloopCLI, main
+from project.reference.config import load_run
 from tests.helpers import CONFIGS, FAST, make_image_folder
 
 SHORT = [*FAST, "--trainer.max_epochs=2", "--trainer.limit_train_batches=6"]
@@ -273,3 +274,18 @@ def test_lightning_cli_still_has_the_trainer_hook_the_project_overrides():
 
     assert "_instantiate_trainer" in vars(LightningCLI), "LightningCLI._instantiate_trainer is gone: see project/cli.py"
     assert list(inspect.signature(LightningCLI._instantiate_trainer).parameters) == ["self", "config", "callbacks"]
+
+
+@pytest.mark.parametrize("key", ["limit_train_batches", "limit_val_batches", "limit_test_batches"])
+@pytest.mark.parametrize(("value", "expected"), [("1", 1), ("yaml 1", 1), ("1.0", 1.0), ("yaml 1.0", 1.0)])
+def test_a_batch_limit_of_1_is_one_batch_and_1_0_every_batch(tmp_path, key, value, expected):
+    """`limit_*_batches: 1` (command line or YAML) is one batch and 1.0 every batch, in both loops."""
+    if value.startswith("yaml"):
+        (tmp_path / "limit.yaml").write_text(f"trainer:\n  {key}: {value.split()[1]}\n")
+        args = [*FAST, "-c", str(tmp_path / "limit.yaml")]
+    else:
+        args = [*FAST, f"--trainer.{key}={value}"]
+    lightning_value = getattr(TwinloopCLI(args=args, run=False).trainer, key)
+    reference_value = getattr(load_run(args).trainer.settings, key)
+    for limit in (lightning_value, reference_value):
+        assert (limit, type(limit)) == (expected, type(expected))

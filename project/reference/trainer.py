@@ -9,7 +9,8 @@ module's factories, TensorBoard logging, checkpoints and progress bars.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator, Sequence
+import sys
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from project.errors import check_finite_loss, out_of_memory_hint
 from project.factory import build_optimization, stepping_batches
 from project.metrics import StageMetrics, build_stage_metrics
 from project.module import ImageClassifier
+from project.progress import EvaluationLines, LineProgress, stdout_is_terminal
 from project.reference import loop
 from project.reference.checkpoints import checkpoint_dict, load_checkpoint
 from project.reference.logger import ReferenceLogger, next_version_dir
@@ -90,12 +92,13 @@ class ReferenceTrainer:
         first_epoch = (
             self._resume(checkpoint, model, datamodule, optimizer, scheduler, val_metrics, logger) if checkpoint else 0
         )
+        lines = self._line_progress(logger.steps)
 
-        on_epoch_end = self._epoch_end(model, datamodule, optimizer, scheduler, val_metrics, logger)
+        on_epoch_end = self._epoch_end(model, datamodule, optimizer, scheduler, val_metrics, logger, lines)
         with out_of_memory_hinted(datamodule.batch_size, s.precision):
             loop.fit(
                 net,
-                self._progress(train_loader, "train", num_train),
+                self._progress(train_loader, "train", num_train, lines),
                 self._progress(val_loader, "val", num_val),
                 model.criterion,
                 optimizer,
@@ -116,14 +119,15 @@ class ReferenceTrainer:
                 gradient_clip_val=s.gradient_clip_val,
                 gradient_clip_algorithm=s.gradient_clip_algorithm,
                 augment=datamodule.augmenter,
-                on_step=logger.on_step,
+                on_step=self._on_step(logger, lines),
             )
         self._call("on_train_end", model)
         logger.close()
 
-    def _epoch_end(self, model, datamodule, optimizer, scheduler, val_metrics, logger):
+    def _epoch_end(self, model, datamodule, optimizer, scheduler, val_metrics, logger, lines):
         """What follows each epoch, as Lightning's hooks and callbacks do it: the loss check, the best
-        score, logging, the callbacks, and the checkpoints (before the epoch's scheduler step)."""
+        score, logging, the callbacks, the epoch's progress line, and the checkpoints (before the
+        epoch's scheduler step)."""
 
         def on_epoch_end(epoch: int, train_results: dict, val_results: dict | None) -> None:
             if val_results is not None:  # before any checkpoint, as in the module
@@ -133,7 +137,8 @@ class ReferenceTrainer:
             self.callback_metrics = {**train_results, **(val_results or {})}
             if val_results is not None:
                 self._call("on_validation_end", model)
-            print(f"epoch {epoch}: " + "  ".join(f"{k}={float(v):.4f}" for k, v in self.callback_metrics.items()))
+            if lines is not None:
+                lines.on_epoch_end(epoch, logger.steps, {**(val_results or {}), "val/acc_best": val_metrics.best_acc})
             if self.settings.enable_checkpointing:
                 best = val_metrics.best_acc
                 state = checkpoint_dict(model, datamodule, optimizer, scheduler, epoch, logger.steps, best)
@@ -210,11 +215,40 @@ class ReferenceTrainer:
         pictures = monitoring.PictureLog(model.log_images_every_n_epochs, datamodule.mean, datamodule.std)
         return ReferenceLogger(self.log_dir, self.settings.log_every_n_steps, pictures, model.class_names, purge_step)
 
-    def _progress(self, loader: Iterable, desc: str, total: int) -> Iterable:
-        """The loader as a progress bar over the batches the loop will take; a fresh bar every pass."""
-        if not self.settings.enable_progress_bar:
+    def _progress(self, loader: Iterable, desc: str, total: int, lines: LineProgress | None = None) -> Iterable:
+        """The loader as a progress bar over the batches the loop will take, a fresh bar every pass;
+        on a stdout that is not a terminal, no bar: the training batches are counted for the fit's
+        lines, and a validate or test run gets lines of its own."""
+        s = self.settings
+        if not s.enable_progress_bar:
             return loader
-        return ProgressBar(loader, f"reference {desc}", total)
+        if stdout_is_terminal():
+            return ProgressBar(loader, f"reference {desc}", total)
+        if desc == "train" and lines is not None:
+            return CountedBatches(loader, lines.add_samples)
+        if desc in ("validate", "test"):
+            return CountedBatches(loader, EvaluationLines(desc, s.log_every_n_steps or 50, total).on_batch)
+        return loader  # the validation inside fit: its results go into the epoch line
+
+    def _line_progress(self, first_step: int) -> LineProgress | None:
+        """The progress lines of a fit (epoch lines under the bars too), as Lightning's progress bars
+        show them; none with the bar off."""
+        s = self.settings
+        if not s.enable_progress_bar:
+            return None
+        return LineProgress(s.log_every_n_steps or 50, self.estimated_stepping_batches, s.max_epochs, first_step)
+
+    @staticmethod
+    def _on_step(logger: ReferenceLogger, lines: LineProgress | None) -> Callable[[torch.Tensor], None]:
+        """The logger's step hook, and the step lines where stdout is not a terminal."""
+        if lines is None or stdout_is_terminal():
+            return logger.on_step
+
+        def on_step(loss: torch.Tensor) -> None:
+            logger.on_step(loss)
+            lines.on_step(logger.steps, logger.epoch, lambda: float(loss))
+
+        return on_step
 
     def _save(self, state: dict, name: str) -> None:
         atomic_torch_save(state, self.log_dir / "checkpoints" / name)  # whole or not at all, as Lightning's are
@@ -231,7 +265,20 @@ class ProgressBar:
         self.iterable, self.desc, self.total = iterable, desc, total
 
     def __iter__(self):
-        yield from tqdm(self.iterable, desc=self.desc, leave=False, total=self.total)
+        yield from tqdm(self.iterable, desc=self.desc, leave=False, total=self.total, file=sys.stdout)  # as Lightning's
+
+
+class CountedBatches:
+    """An iterable of ``(x, y)`` batches that tells ``count`` each batch's number of samples, for the
+    progress lines."""
+
+    def __init__(self, iterable: Iterable, count: Callable[[int], None]):
+        self.iterable, self.count = iterable, count
+
+    def __iter__(self):
+        for batch in self.iterable:
+            self.count(len(batch[0]))
+            yield batch
 
 
 @contextmanager

@@ -1,0 +1,127 @@
+"""Ground truth for which epoch the "best" and "last" checkpoints hold, for hand-made validation scores.
+
+Each run's validation accuracy is scripted: the validation metrics' accuracy object is swapped for
+one that reports the next value of a hand-made sequence at each validation epoch. Everything else
+is real: the loss and the other metrics, ``record_best``, Lightning's ``ModelCheckpoint`` and
+``LatestCheckpoint`` as the CLI configures them, and the reference trainer's own checkpoint code.
+"""
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import project.module
+import project.reference.trainer
+from project.cli import TwinloopCLI
+from project.metrics import build_stage_metrics
+from project.reference.config import load_run
+from tests.helpers import FAST
+
+pytestmark = pytest.mark.fit  # every test here trains with a loop
+
+
+class ScriptedScores(nn.Module):
+    """Stands in for the validation ``scores`` collection: each validation epoch (the first update after
+    a reset) reports the next scripted accuracy, whatever the predictions were."""
+
+    def __init__(self, script: list[float], num_classes: int):
+        super().__init__()
+        self.script, self.num_classes = script, num_classes
+        self.epoch, self.fresh = -1, True
+
+    def update(self, logits, target) -> None:
+        if self.fresh:
+            self.epoch, self.fresh = self.epoch + 1, False
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        acc = torch.tensor(self.script[self.epoch])
+        return {"acc": acc, "acc_top5": acc} if self.num_classes > 5 else {"acc": acc}
+
+    def reset(self) -> None:
+        self.fresh = True
+
+
+@pytest.fixture
+def scripted(monkeypatch):
+    """``scripted(scores)`` makes every validation metrics built from now on report ``scores``, epoch by epoch."""
+
+    def script(scores: list[float]) -> None:
+        def build(stage, num_classes, *args, **kwargs):
+            metrics = build_stage_metrics(stage, num_classes, *args, **kwargs)
+            if stage == "val":
+                metrics.scores = ScriptedScores(scores, num_classes)
+            return metrics
+
+        monkeypatch.setattr(project.module, "build_stage_metrics", build)
+        monkeypatch.setattr(project.reference.trainer, "build_stage_metrics", build)
+
+    return script
+
+
+def run_args(epochs: int) -> list[str]:
+    return [
+        *FAST,
+        f"--trainer.max_epochs={epochs}",
+        "--trainer.limit_train_batches=1",
+        "--trainer.limit_val_batches=1",
+        "--data.batch_size=16",
+        "--model.log_images_every_n_epochs=0",
+    ]
+
+
+def fit(loop: str, epochs: int) -> tuple[Path, Path]:
+    """Fit with one loop; the paths of its best and last checkpoints (exactly one best file)."""
+    if loop == "lightning":
+        # No sanity pass: it would be a validation the script counts (the module ignores it for the best).
+        cli = TwinloopCLI(args=[*run_args(epochs), "--trainer.num_sanity_val_steps=0"], run=False)
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+        folder = Path(cli.trainer.log_dir) / "checkpoints"
+        best = list(folder.glob("best-*.ckpt"))
+    else:
+        run = load_run(run_args(epochs), Path("reference"))
+        run.trainer.fit(run.model, run.datamodule)
+        folder = run.trainer.log_dir / "checkpoints"
+        best = list(folder.glob("best*.ckpt"))
+    assert len(best) == 1, best
+    return best[0], folder / "last.ckpt"
+
+
+def load(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+SEQUENCES = {
+    # scores by epoch: (best epoch, last epoch)
+    "rising": ([0.2, 0.5, 0.7], 2),
+    "tie_keeps_the_earlier": ([0.3, 0.6, 0.6, 0.4], 1),
+    "first_is_best_and_tied": ([0.8, 0.8, 0.1], 0),
+    "drop_then_new_high": ([0.5, 0.25, 0.75, 0.75], 2),
+}
+
+
+@pytest.mark.parametrize("loop", ["lightning", "reference"])
+@pytest.mark.parametrize("case", list(SEQUENCES))
+def test_best_holds_the_first_highest_epoch_and_last_the_final_one(scripted, case, loop):
+    """ "best" holds the first epoch with the highest score (a tie keeps the earlier one); "last" the final epoch."""
+    scores, best_epoch = SEQUENCES[case]
+    scripted(scores)
+    best, last = fit(loop, len(scores))
+    best_state, last_state = load(best), load(last)
+    # one training batch per epoch: epoch e ends at optimizer step e + 1
+    assert (best_state["epoch"], best_state["global_step"]) == (best_epoch, best_epoch + 1)
+    assert (last_state["epoch"], last_state["global_step"]) == (len(scores) - 1, len(scores))
+    assert best_state["best_val_acc"] == pytest.approx(scores[best_epoch])
+    assert last_state["best_val_acc"] == pytest.approx(max(scores))
+    if best_epoch != len(scores) - 1:  # the weights differ too: best is not a copy of last
+        assert any(not torch.equal(best_state["state_dict"][k], v) for k, v in last_state["state_dict"].items())
+
+
+@pytest.mark.parametrize("case", ["tie_keeps_the_earlier", "drop_then_new_high"])
+def test_lightning_best_file_is_named_by_its_epoch_and_score(scripted, case):
+    """Lightning's best checkpoint is named best-epochNNN-accX.XXXX after the epoch it holds."""
+    scores, best_epoch = SEQUENCES[case]
+    scripted(scores)
+    best, _ = fit("lightning", len(scores))
+    assert best.name == f"best-epoch{best_epoch:03d}-acc{scores[best_epoch]:.4f}.ckpt"
