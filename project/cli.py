@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 from jsonargparse import Namespace
@@ -34,6 +35,9 @@ class TwinloopCLI(LightningCLI):
         kwargs.setdefault("trainer_defaults", TRAINER_DEFAULTS)
         kwargs.setdefault("seed_everything_default", 42)
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        # Under DDP Lightning asks for self.log(..., sync_dist=True) at epoch level; the module logs
+        # values that torchmetrics has already summed over the ranks, so the advice does not apply.
+        warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('(train|val|test)/")
         super().__init__(ImageClassifier, ImageDataModule, *args, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -100,6 +104,8 @@ class TwinloopCLI(LightningCLI):
         return super()._instantiate_trainer(config, [*callbacks, *extra])
 
     def after_fit(self) -> None:
+        if not self.trainer.is_global_zero:  # under DDP every rank gets here; rank 0 speaks for the run
+            return
         ckpt = self.trainer.checkpoint_callback
         if ckpt is not None and ckpt.best_model_path:
             print(f"\nbest checkpoint: {ckpt.best_model_path}")

@@ -25,6 +25,7 @@ from project.metrics import StageMetrics, build_stage_metrics
 from project.module import ImageClassifier
 from project.reference import loop
 from project.reference.checkpoints import checkpoint_dict, load_checkpoint
+from project.reference.distributed import EpochShuffled, data_parallel, init_process_group, reseed
 from project.reference.logger import ReferenceLogger, next_version_dir
 from project.reference.settings import TrainerSettings, count_batches
 from project.rng import restore_rng
@@ -63,6 +64,10 @@ class ReferenceTrainer:
             self._log_dir = next_version_dir(self.settings.log_root / "reference")
         return self._log_dir
 
+    @property
+    def is_global_zero(self) -> bool:
+        return self.settings.processes.is_global_zero
+
     @log_dir.setter
     def log_dir(self, path: Path) -> None:
         self._log_dir = path
@@ -76,7 +81,10 @@ class ReferenceTrainer:
         train_loader, val_loader = datamodule.train_dataloader(), datamodule.val_dataloader()
         num_train = count_batches(len(train_loader), s.limit_train_batches, "limit_train_batches")
         num_val = count_batches(len(val_loader), s.limit_val_batches, "limit_val_batches")
-        net = model.net.to(s.device)
+        # Under DDP the loop trains the wrapped network; model.net is the one with SyncBatchNorm layers
+        # if asked for (same parameters and buffers), until the fit ends.
+        single = model.net.to(s.device)
+        net, model.net = data_parallel(single, s.processes, s.device, s.sync_batchnorm)
         self.estimated_stepping_batches = stepping_batches(num_train, s.accumulate_grad_batches, s.max_epochs)
         optimizer, scheduler = build_optimization(
             net.parameters(), model.optimizer_factory, model.scheduler_factory, self.estimated_stepping_batches
@@ -95,7 +103,7 @@ class ReferenceTrainer:
         with out_of_memory_hinted(datamodule.batch_size, s.precision):
             loop.fit(
                 net,
-                self._progress(train_loader, "train", num_train),
+                self._progress(EpochShuffled(train_loader, first_epoch), "train", num_train),
                 self._progress(val_loader, "val", num_val),
                 model.criterion,
                 optimizer,
@@ -119,6 +127,7 @@ class ReferenceTrainer:
                 on_step=logger.on_step,
             )
         self._call("on_train_end", model)
+        model.net = single
         logger.close()
 
     def _epoch_end(self, model, datamodule, optimizer, scheduler, val_metrics, logger):
@@ -133,6 +142,8 @@ class ReferenceTrainer:
             self.callback_metrics = {**train_results, **(val_results or {})}
             if val_results is not None:
                 self._call("on_validation_end", model)
+            if not self.is_global_zero:  # the other ranks hold the same state: rank 0 reports and saves it
+                return
             print(f"epoch {epoch}: " + "  ".join(f"{k}={float(v):.4f}" for k, v in self.callback_metrics.items()))
             if self.settings.enable_checkpointing:
                 best = val_metrics.best_acc
@@ -156,7 +167,8 @@ class ReferenceTrainer:
         logger.pictures.inputs_logged = True  # the run logged them before
         if "rng_states" in checkpoint:  # last: nothing may draw between here and the first batch
             restore_rng(checkpoint["rng_states"])
-        print(f"resuming from epoch {checkpoint['epoch'] + 1} (step {checkpoint['global_step']})")
+        if self.is_global_zero:
+            print(f"resuming from epoch {checkpoint['epoch'] + 1} (step {checkpoint['global_step']})")
         return checkpoint["epoch"] + 1
 
     def validate(self, model: ImageClassifier, datamodule: ImageDataModule, ckpt_path: str | None = None) -> dict:
@@ -195,9 +207,14 @@ class ReferenceTrainer:
         return {k: float(v) for k, v in results.items()}
 
     def _setup(self, model: ImageClassifier, datamodule: ImageDataModule, stage: str) -> None:
-        """What Lightning does before a run: determinism, the data, the module's ``setup``."""
+        """What Lightning does before a run: determinism, the process group, the data, the module's ``setup``."""
         configure_determinism(self.settings)
+        processes = self.settings.processes
+        init_process_group(processes, self.settings.device)
+        if processes.distributed:
+            reseed()
         datamodule.device = self.settings.device  # where a device_cache holds the data
+        datamodule.shard = (processes.rank, processes.world_size) if processes.distributed else None
         datamodule.prepare_data()
         datamodule.setup(stage)
         model.class_names = list(datamodule.class_names)  # some data sets name their classes only now
@@ -208,11 +225,12 @@ class ReferenceTrainer:
 
     def _logger(self, model: ImageClassifier, datamodule: ImageDataModule, purge_step: int | None = None):
         pictures = monitoring.PictureLog(model.log_images_every_n_epochs, datamodule.mean, datamodule.std)
-        return ReferenceLogger(self.log_dir, self.settings.log_every_n_steps, pictures, model.class_names, purge_step)
+        log_dir = self.log_dir if self.is_global_zero else None  # one writer for the run: rank 0's
+        return ReferenceLogger(log_dir, self.settings.log_every_n_steps, pictures, model.class_names, purge_step)
 
     def _progress(self, loader: Iterable, desc: str, total: int) -> Iterable:
         """The loader as a progress bar over the batches the loop will take; a fresh bar every pass."""
-        if not self.settings.enable_progress_bar:
+        if not self.settings.enable_progress_bar or not self.is_global_zero:
             return loader
         return ProgressBar(loader, f"reference {desc}", total)
 
