@@ -2,12 +2,17 @@
 every sample once and equals a one-process validate, only rank 0 writes, and checkpoints move
 between one process and several in both directions."""
 
+import csv
+import re
+
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
-from project.cli import TwinloopCLI
+from project.cli import TwinloopCLI, main
 from project.data import ImageDataModule
-from tests.ddp_helpers import DDP, last_scalar, twinloop
+from tests.ddp_helpers import DDP, assert_same_tensors, checkpoint, last_scalar, twinloop, two_nodes
 from tests.helpers import FAST
 
 PLUGIN = "--trainer.plugins=tests.ddp_helpers.RankRecordingCheckpointIO"
@@ -83,3 +88,77 @@ def test_only_rank_zero_writes_events_and_checkpoints(ddp_run):
     writers = (run_dir / "checkpoints/writers.txt").read_text().split()
     assert set(writers[0::2]) == {str(done.pid)} and {"last.ckpt"} <= set(writers[1::2])
     assert done.stdout.count("val/acc ") == 1  # the summary line: rank 0's only
+
+
+def test_ddp_predictions_are_written_once_by_rank_zero_as_one_process_writes_them(ddp_run, tmp_path):
+    """Each rank predicts its share of 7 new images; rank 0 alone writes them all, in the order and
+    with the values of a one-process predict."""
+    run_dir, _ = ddp_run
+    for i in range(7):
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (8, 8), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+    common = [*FAST, "--trainer.accelerator=cpu", f"--data.predict_root={tmp_path}"]
+    common.append(f"--ckpt_path={run_dir / 'checkpoints/last.ckpt'}")
+    done = twinloop(
+        ["predict", *common, "--trainer.devices=2", "--trainer.strategy=ddp", "--predictions.output=ddp.csv"], tmp_path
+    )
+    main(["predict", *common, "--predictions.output=single.csv"])
+    assert done.stdout.count("Wrote 7 predictions") == 1
+    ddp, single = (list(csv.reader((tmp_path / f"{name}.csv").open())) for name in ("ddp", "single"))
+    assert len(single) == 8 and [r[:2] for r in ddp] == [r[:2] for r in single]
+    assert all(abs(float(a[2]) - float(b[2])) <= 1e-6 for a, b in zip(ddp[1:], single[1:]))
+
+
+def test_a_ddp_checkpoint_resumes_in_one_process(ddp_run, tmp_path):
+    """One process goes on from the DDP run's last.ckpt (epoch 1, 4 steps a rank per epoch) for a
+    third epoch: 8 + 4 steps, not a fresh 12."""
+    run_dir, _ = ddp_run
+    args = [*FAST, "--trainer.accelerator=cpu", "--trainer.max_epochs=3", "--trainer.limit_train_batches=4"]
+    main(["fit", *args, f"--ckpt_path={run_dir / 'checkpoints/last.ckpt'}"])
+    last = checkpoint(tmp_path / "lightning_logs/version_0/checkpoints/last.ckpt")
+    assert (last["epoch"], last["global_step"]) == (2, 12)
+    weights = checkpoint(run_dir / "checkpoints/last.ckpt")["state_dict"]
+    assert not all(torch.equal(weights[k], last["state_dict"][k]) for k in weights)  # it trained on from there
+
+
+def test_a_one_process_checkpoint_resumes_and_validates_under_ddp(tmp_path):
+    """A one-process checkpoint (epoch 0, 4 steps) goes on under DDP for epoch 1 (4 + 4 steps), and its
+    DDP validate gives one process's val/acc."""
+    args = [*FAST, "--trainer.accelerator=cpu", "--trainer.max_epochs=1", "--trainer.limit_train_batches=4"]
+    main(["fit", *args, "--trainer.default_root_dir=single"])
+    first = tmp_path / "single/lightning_logs/version_0/checkpoints/last.ckpt"
+    twinloop(["fit", *DDP, "--trainer.devices=2", f"--ckpt_path={first}"], tmp_path)
+    last = checkpoint(tmp_path / "lightning_logs/version_0/checkpoints/last.ckpt")
+    assert (last["epoch"], last["global_step"]) == (1, 8)
+    done = twinloop(["validate", *DDP, "--trainer.devices=2", f"--ckpt_path={first}"], tmp_path)
+    cli = TwinloopCLI(args=[*FAST, "--trainer.accelerator=cpu"], run=False)
+    (single,) = cli.trainer.validate(cli.model, datamodule=cli.datamodule, ckpt_path=first)
+    shown = re.search(r"val/acc\s+([0-9.]+)", done.stdout)  # Lightning's results table
+    assert shown is not None and float(shown.group(1)) == single["val/acc"]
+
+
+def test_a_ddp_resume_is_exact(ddp_run, tmp_path):
+    """DDP for one epoch, then a DDP resume from its last.ckpt for the second: the weights and
+    optimizer state of the uninterrupted DDP run, bit for bit, and not from step 0."""
+    run_dir, _ = ddp_run
+    twinloop(["fit", *DDP, "--trainer.devices=2", "--trainer.max_epochs=1"], tmp_path)
+    cut = tmp_path / "lightning_logs/version_0/checkpoints/last.ckpt"
+    done = twinloop(["fit", *DDP, "--trainer.devices=2", "--ckpt_path=last"], tmp_path)
+    assert f"resuming {cut.relative_to(tmp_path)} (step 4)" in done.stdout
+    a, b = checkpoint(run_dir / "checkpoints/last.ckpt"), checkpoint(cut)
+    assert (a["epoch"], a["global_step"]) == (b["epoch"], b["global_step"]) == (1, 8)
+    assert_same_tensors(a["state_dict"], b["state_dict"])
+    assert_same_tensors(a["optimizer_states"][0]["state"][0], b["optimizer_states"][0]["state"][0])
+
+
+def test_two_simulated_nodes_train_as_one_node_with_two_processes(ddp_run, tmp_path):
+    """Two torchrun launches with --nnodes 2 (one process each, rendezvous on 127.0.0.1) end with the
+    one-node DDP run's checkpoint and validation, bit for bit."""
+    run_dir, _ = ddp_run
+    args = ["fit", *DDP, "--trainer.devices=1", "--trainer.num_nodes=2"]
+    two_nodes("project", args, tmp_path)
+    nodes = tmp_path / "lightning_logs/version_0"
+    a, b = checkpoint(run_dir / "checkpoints/last.ckpt"), checkpoint(nodes / "checkpoints/last.ckpt")
+    assert_same_tensors(a["state_dict"], b["state_dict"])
+    for tag in ("val/acc", "val/loss", "train/loss_epoch"):
+        assert last_scalar(run_dir, tag) == last_scalar(nodes, tag), tag
+    assert len(list(nodes.glob("events.out.tfevents.*"))) == 1
