@@ -86,6 +86,9 @@ class TrainerSettings:
         every = trainer.get("log_every_n_steps")
         logger = trainer.get("logger")
         logger_args = logger.get("init_args", {}) if isinstance(logger, dict) else {}
+        sync_batchnorm = bool(trainer.get("sync_batchnorm"))
+        if sync_batchnorm and device.type == "cpu":
+            raise ConfigError("trainer.sync_batchnorm=true: torch's SyncBatchNorm runs on GPUs only; set it to false")
         return cls(
             max_epochs=read_max_epochs(trainer.get("max_epochs")),
             device=device,
@@ -104,7 +107,7 @@ class TrainerSettings:
             enable_checkpointing=trainer.get("enable_checkpointing") is not False,
             log_root=Path(logger_args.get("save_dir") or ".") / (logger_args.get("name") or ""),
             processes=processes,
-            sync_batchnorm=bool(trainer.get("sync_batchnorm")),
+            sync_batchnorm=sync_batchnorm,
         )
 
 
