@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
+import torch
 from jsonargparse import Namespace
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -14,7 +15,7 @@ from lightning.pytorch.plugins.io import CheckpointIO
 from project.callbacks import LatestCheckpoint, OutOfMemoryHint, PredictionCSV
 from project.checkpoint_io import AtomicCheckpointIO, check_class_names, check_state_dict_fits, read_checkpoint
 from project.data import ImageDataModule
-from project.errors import CheckpointError, UserPathError, reported_as_exit
+from project.errors import CheckpointError, ConfigError, UserPathError, reported_as_exit
 from project.factory import DEFAULT_OPTIMIZER
 from project.module import ImageClassifier
 from project.monitoring import log_hparams, run_hparams
@@ -80,6 +81,9 @@ class TwinloopCLI(LightningCLI):
             logger.init_args.save_dir = trainer.default_root_dir
         if self.subcommand == "fit" and config.get("ckpt_path") == "last" and isinstance(logger, Namespace):
             config.ckpt_path, self._user_checkpoint = resume_into_last_run(logger)  # checked like any other
+        on_cpu = trainer.accelerator == "cpu" or (trainer.accelerator == "auto" and not torch.cuda.is_available())
+        if trainer.sync_batchnorm and on_cpu:  # else each rank dies in DistributedDataParallel with a traceback
+            raise ConfigError("trainer.sync_batchnorm=true: torch's SyncBatchNorm runs on GPUs only; set it to false")
 
     def instantiate_classes(self) -> None:
         super().instantiate_classes()

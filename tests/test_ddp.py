@@ -4,6 +4,7 @@ between one process and several in both directions."""
 
 import csv
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -162,3 +163,11 @@ def test_two_simulated_nodes_train_as_one_node_with_two_processes(ddp_run, tmp_p
     for tag in ("val/acc", "val/loss", "train/loss_epoch"):
         assert last_scalar(run_dir, tag) == last_scalar(nodes, tag), tag
     assert len(list(nodes.glob("events.out.tfevents.*"))) == 1
+
+
+def test_sync_batchnorm_on_the_cpu_is_one_error_line(capsys):
+    """torch's SyncBatchNorm needs GPUs: on the CPU the CLI stops with one line, before any run directory."""
+    with pytest.raises(SystemExit) as stopped:
+        main(["fit", *FAST, "--trainer.accelerator=cpu", "--trainer.strategy=ddp", "--trainer.sync_batchnorm=true"])
+    assert stopped.value.code == 2 and "error: trainer.sync_batchnorm=true" in capsys.readouterr().err
+    assert not Path("lightning_logs").exists()
