@@ -42,8 +42,8 @@ def run_lightning(args: list[str], log_root: Path, name: str, distributed: bool 
             ],
             run=False,
         )
-    cli.trainer.callbacks.append(RecorderCallback(recorder))
-    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+        cli.trainer.callbacks.append(RecorderCallback(recorder))
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule)  # under the CLI's warning filters too
     return recorder
 
 
