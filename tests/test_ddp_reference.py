@@ -106,3 +106,17 @@ def test_two_simulated_nodes_run_the_reference_as_one_node(reference_run, tmp_pa
     assert a["best_val_acc"] == b["best_val_acc"]
     for tag in ("val/acc", "val/loss", "train/loss_epoch"):
         assert last_scalar(run_dir, tag) == last_scalar(nodes, tag), tag
+
+
+def test_a_reference_resume_under_torchrun_is_exact(reference_run, tmp_path):
+    """The reference under torchrun for one epoch, then resumed under torchrun for the second: the
+    uninterrupted run's weights and optimizer state, bit for bit, from step 4 (not from step 0)."""
+    run_dir, _ = reference_run
+    torchrun("project.reference", ["fit", *DDP, "--trainer.devices=2", "--trainer.max_epochs=1"], tmp_path)
+    done = torchrun("project.reference", ["fit", *DDP, "--trainer.devices=2", "--ckpt_path=last"], tmp_path)
+    assert done.stdout.count("resuming from epoch 1 (step 4)") == 1  # rank 0 says it; not a fresh start
+    a = checkpoint(run_dir / "checkpoints/last.ckpt")
+    b = checkpoint(tmp_path / "lightning_logs/reference/version_0/checkpoints/last.ckpt")
+    assert (a["epoch"], a["global_step"]) == (b["epoch"], b["global_step"]) == (1, 8)
+    assert_same_tensors(a["state_dict"], b["state_dict"])
+    assert_same_tensors(a["optimizer_states"][0]["state"][0], b["optimizer_states"][0]["state"][0])

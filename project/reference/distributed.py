@@ -8,6 +8,7 @@ metrics are torchmetrics objects, which sum their states over the process group 
 
 from __future__ import annotations
 
+import atexit
 import os
 import random
 from collections.abc import Iterable, Iterator
@@ -34,6 +35,14 @@ def init_process_group(processes: Processes, device: torch.device) -> None:
         dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
     else:
         dist.init_process_group(backend, rank=processes.rank, world_size=processes.world_size)
+    # Torn down before the interpreter's own exit, as Lightning does: a gloo group left to it can
+    # abort the process ("terminate called without an active exception").
+    atexit.register(destroy_process_group)
+
+
+def destroy_process_group() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def reseed() -> None:
