@@ -171,3 +171,14 @@ def test_sync_batchnorm_on_the_cpu_is_one_error_line(capsys):
         main(["fit", *FAST, "--trainer.accelerator=cpu", "--trainer.strategy=ddp", "--trainer.sync_batchnorm=true"])
     assert stopped.value.code == 2 and "error: trainer.sync_batchnorm=true" in capsys.readouterr().err
     assert not Path("lightning_logs").exists()
+
+
+def test_the_device_path_under_ddp_trains_as_the_dataloader_path(ddp_run, tmp_path):
+    """data.device_cache under DDP: each rank slices its own share, and the run ends with the DataLoader
+    run's weights and validation, bit for bit."""
+    run_dir, _ = ddp_run
+    twinloop(["fit", *DDP, "--trainer.devices=2", "--data.device_cache=true"], tmp_path)
+    cached = tmp_path / "lightning_logs/version_0"
+    a, b = checkpoint(run_dir / "checkpoints/last.ckpt"), checkpoint(cached / "checkpoints/last.ckpt")
+    assert_same_tensors(a["state_dict"], b["state_dict"])
+    assert last_scalar(run_dir, "val/acc") == last_scalar(cached, "val/acc")
