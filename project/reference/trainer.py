@@ -64,13 +64,14 @@ class ReferenceTrainer:
             self._log_dir = next_version_dir(self.settings.log_root / "reference")
         return self._log_dir
 
-    @property
-    def is_global_zero(self) -> bool:
-        return self.settings.processes.is_global_zero
-
     @log_dir.setter
     def log_dir(self, path: Path) -> None:
         self._log_dir = path
+
+    @property
+    def is_global_zero(self) -> bool:
+        """Rank 0 of a distributed run, or the one process: the one that logs, saves and reports."""
+        return self.settings.processes.is_global_zero
 
     def fit(self, model: ImageClassifier, datamodule: ImageDataModule, ckpt_path: str | None = None) -> None:
         """Train and validate with the reference loop; checkpoints go to ``log_dir/checkpoints``.
