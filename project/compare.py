@@ -187,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     opts, rest = parser.parse_known_args(argv)
     trainer = read_config(rest)["trainer"]
     processes = read_processes(trainer.get("strategy"), os.environ)
-    wanted = requested_processes(trainer)
+    # `devices: auto` stays one device here, as before: on a multi-GPU machine it would take them all
+    wanted = 1 if str(trainer.get("devices", "auto")) == "auto" else requested_processes(trainer)
     if wanted > 1 and "WORLD_SIZE" not in os.environ:  # one process per device, as Lightning runs them
         return launch_on_this_node(argv, wanted, int(trainer.get("num_nodes") or 1))
     configs = [rest[i + 1] for i, a in enumerate(rest[:-1]) if a in ("-c", "--config")]
