@@ -24,7 +24,7 @@ DDP = [
     "--trainer.max_epochs=2",
     "--trainer.limit_train_batches=4",
 ]
-TIMEOUT = 110  # seconds per launch; each test stays under 2 minutes
+TIMEOUT = 300  # seconds per launch: a guard against a hang (a launch takes 10-30 s on 2 cores)
 
 
 def free_port() -> int:
