@@ -48,16 +48,26 @@ class PredictionCSV(BasePredictionWriter):
     def write_on_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, predictions, batch_indices) -> None:
         dataset = trainer.datamodule.predict_set
         names = pl_module.class_names
-        out = Path(self.output) if self.output else Path(trainer.log_dir or ".") / "predictions.csv"
+        out = Path(self.output) if self.output else Path(trainer.log_dir or ".") / "predictions.csv"  # every rank asks
+        rows = [
+            (i, label, p)
+            for batch in predictions
+            for i, label, p in zip(batch["index"].tolist(), batch["label"].tolist(), batch["probability"].tolist())
+        ]
+        if trainer.world_size > 1:  # each rank predicted its share of the images: rank 0 writes them all, in order
+            shares = [None] * trainer.world_size
+            torch.distributed.all_gather_object(shares, rows)
+            rows = sorted(row for share in shares for row in share)
+        if not trainer.is_global_zero:
+            return
         out.parent.mkdir(parents=True, exist_ok=True)
         with out.open("w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["path", "class_name", "probability"])
-            for batch in predictions:
-                for i, label, p in zip(batch["index"].tolist(), batch["label"].tolist(), batch["probability"].tolist()):
-                    writer.writerow([str(dataset.paths[i]), names[label], f"{p:.6f}"])
+            for i, label, p in rows:
+                writer.writerow([str(dataset.paths[i]), names[label], f"{p:.6f}"])
         self.written = out
-        print(f"Wrote {sum(len(b['index']) for b in predictions)} predictions to {out}")
+        print(f"Wrote {len(rows)} predictions to {out}")
 
 
 class OutOfMemoryHint(Callback):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
+import torch
 from jsonargparse import Namespace
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, ProgressBar
@@ -14,7 +16,7 @@ from lightning.pytorch.plugins.io import CheckpointIO
 from project.callbacks import LatestCheckpoint, LogLinesProgressBar, OutOfMemoryHint, PredictionCSV
 from project.checkpoint_io import AtomicCheckpointIO, check_class_names, check_state_dict_fits, read_checkpoint
 from project.data import ImageDataModule
-from project.errors import CheckpointError, UserPathError, reported_as_exit
+from project.errors import CheckpointError, ConfigError, UserPathError, reported_as_exit
 from project.factory import DEFAULT_OPTIMIZER
 from project.module import ImageClassifier
 from project.monitoring import log_hparams, run_hparams
@@ -74,6 +76,9 @@ class TwinloopCLI(LightningCLI):
         kwargs.setdefault("trainer_defaults", TRAINER_DEFAULTS)
         kwargs.setdefault("seed_everything_default", 42)
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        # Under DDP Lightning asks for self.log(..., sync_dist=True) at epoch level; the module logs
+        # values that torchmetrics has already summed over the ranks, so the advice does not apply.
+        warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('(train|val|test)/")
         super().__init__(ImageClassifier, ImageDataModule, *args, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -116,6 +121,9 @@ class TwinloopCLI(LightningCLI):
             logger.init_args.save_dir = trainer.default_root_dir
         if self.subcommand == "fit" and config.get("ckpt_path") == "last" and isinstance(logger, Namespace):
             config.ckpt_path, self._user_checkpoint = resume_into_last_run(logger)  # checked like any other
+        on_cpu = trainer.accelerator == "cpu" or (trainer.accelerator == "auto" and not torch.cuda.is_available())
+        if trainer.sync_batchnorm and on_cpu:  # else each rank dies in DistributedDataParallel with a traceback
+            raise ConfigError("trainer.sync_batchnorm=true: torch's SyncBatchNorm runs on GPUs only; set it to false")
 
     def instantiate_classes(self) -> None:
         super().instantiate_classes()
@@ -147,6 +155,8 @@ class TwinloopCLI(LightningCLI):
         return super()._instantiate_trainer(config, [*callbacks, *extra])
 
     def after_fit(self) -> None:
+        if not self.trainer.is_global_zero:  # under DDP every rank gets here; rank 0 speaks for the run
+            return
         ckpt = self.trainer.checkpoint_callback
         if ckpt is not None and ckpt.best_model_path:
             print(f"\nbest checkpoint: {ckpt.best_model_path}")

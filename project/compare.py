@@ -11,6 +11,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import socket
+import subprocess
 import sys
 import warnings
 from dataclasses import dataclass, field
@@ -21,25 +24,26 @@ from torch import Tensor
 from project.cli import TwinloopCLI
 from project.errors import reported_as_exit
 from project.recorder import Recorder, RecorderCallback
-from project.reference.config import load_run
+from project.reference.config import load_run, read_config
+from project.reference.settings import read_processes, requested_processes
 
 
-def run_lightning(args: list[str], log_root: Path, name: str) -> Recorder:
+def run_lightning(args: list[str], log_root: Path, name: str, distributed: bool = False) -> Recorder:
     recorder = Recorder()
     with warnings.catch_warnings():  # it is meant: the arguments come from this command, not sys.argv
         warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter.*")
         cli = TwinloopCLI(
             args=[
                 *args,
-                "--trainer.devices=1",
+                *([] if distributed else ["--trainer.devices=1"]),  # `auto` would take every GPU
                 f"--trainer.logger.init_args.save_dir={log_root}",
                 f"--trainer.logger.init_args.name={name}",
                 "--trainer.logger.init_args.version=lightning",
             ],
             run=False,
         )
-    cli.trainer.callbacks.append(RecorderCallback(recorder))
-    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+        cli.trainer.callbacks.append(RecorderCallback(recorder))
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule)  # under the CLI's warning filters too
     return recorder
 
 
@@ -181,21 +185,51 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", help="run name (default: the config's file name)")
     parser.add_argument("--atol", type=float, default=1e-6, help="largest |Δ| still counted as equal")
     opts, rest = parser.parse_known_args(argv)
+    trainer = read_config(rest)["trainer"]
+    processes = read_processes(trainer.get("strategy"), os.environ)
+    # `devices: auto` stays one device here, as before: on a multi-GPU machine it would take them all
+    wanted = 1 if str(trainer.get("devices", "auto")) == "auto" else requested_processes(trainer)
+    if wanted > 1 and "WORLD_SIZE" not in os.environ:  # one process per device, as Lightning runs them
+        return launch_on_this_node(argv, wanted, int(trainer.get("num_nodes") or 1))
     configs = [rest[i + 1] for i, a in enumerate(rest[:-1]) if a in ("-c", "--config")]
     configs += [a.split("=", 1)[1] for a in rest if a.startswith("--config=")]
     root = Path(opts.root)
-    if opts.name and (root / opts.name).exists():  # two runs' events in one folder would mix
+    # (Under DDP only rank 0 writes: Lightning's logger and checkpoints, and the reference's, use its name.)
+    if opts.name and (root / opts.name).exists() and processes.rank == 0:  # two runs' events in one folder would mix
         parser.error(f"--name {opts.name}: {root / opts.name} exists already; choose another name")
     name = opts.name or unique_dir(root, Path(configs[-1]).stem if configs else "compare")
     with reported_as_exit():
-        lit = run_lightning(rest, root, name)
+        lit = run_lightning(rest, root, name, processes.distributed)
         ref = run_reference(rest, root / name / "reference")
+    # Each rank compares what it saw (its own batches' losses, the shared weights); rank 0 reports.
     result = compare(lit, ref, opts.atol)
+    if processes.rank != 0:
+        for problem in result.problems:
+            print(f"rank {processes.rank}: {problem}", file=sys.stderr)
+        return 0 if result.equivalent else 1
     print(format_table(result))
     print(f"logs: {root / name}/{{lightning,reference}}  (tensorboard --logdir {root / name})")
     if opts.report:
         Path(opts.report).write_text(json.dumps(result.as_dict(), indent=2))
     return 0 if result.equivalent else 1
+
+
+def launch_on_this_node(argv: list[str], processes: int, num_nodes: int) -> int:
+    """Run this comparison once per device under torchrun on 127.0.0.1, each process both loops."""
+    if num_nodes > 1:
+        print(
+            f"error: trainer.num_nodes={num_nodes}: start `torchrun --nnodes {num_nodes} --nproc_per_node N "
+            "-m project.compare ...` on every node",
+            file=sys.stderr,
+        )
+        return 2
+    with socket.socket() as s:  # a free port for the rendezvous
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {"OMP_NUM_THREADS": "1", **os.environ}  # torchrun's own default, said here to keep it quiet
+    command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}"]
+    command += ["--master_addr=127.0.0.1", f"--master_port={port}", "-m", "project.compare", *argv]
+    return subprocess.run(command, env=env).returncode
 
 
 def entry_point() -> None:

@@ -68,9 +68,15 @@ class StageMetrics(nn.Module):
 
     def epoch_summary(self, class_names: list[str]) -> dict[str, Tensor | float]:
         """``compute()`` plus the best accuracy so far (``record_best`` keeps it) and per-class
-        accuracy ``f"{stage}/acc_class/<name>"``."""
+        accuracy ``f"{stage}/acc_class/<name>"``.
+
+        Under a process group every rank calls it: each metric is summed over the ranks here, the
+        confusion matrix included, so that rank 0 alone can draw it afterwards (torchmetrics keeps
+        the synced value until ``reset``; a collective on one rank only would hang or crash the others).
+        """
         results = self.compute()
         per_class = self.per_class.compute()
+        self.confusion.compute()
         best = self.best_acc if self.best_acc is not None else float(results[f"{self.stage}/acc"])
         return {
             **results,

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Sampler
 
 from project.augment import RandomCropFlip
 from project.data.device_cache import CachedSplit, DeviceBatches
@@ -81,6 +82,8 @@ class ImageDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.device_cache = device_cache
         self.device = torch.device("cpu")  # where device_cache puts the splits: the trainer sets it
+        # (rank, world size) under DDP, set by the trainer: each rank then reads its own share
+        self.shard: tuple[int, int] | None = None
         self.seed = seed
         self.predict_root = Path(predict_root) if predict_root is not None else None
         self.fake_size = fake_size
@@ -149,8 +152,10 @@ class ImageDataModule(L.LightningDataModule):
             self.predict_set = new_images(self.predict_root, self.source, self.on_bad_file)
 
     def setup(self, stage: str | None = None) -> None:
-        if self.trainer is not None:  # Lightning's; the reference trainer sets .device itself
+        if self.trainer is not None:  # Lightning's; the reference trainer sets .device and .shard itself
             self.device = self.trainer.strategy.root_device
+            ranks = self.trainer.distributed_sampler_kwargs  # None unless the strategy is a parallel one
+            self.shard = (ranks["rank"], ranks["num_replicas"]) if ranks else None
         if stage == "predict":
             if self.predict_set is None:
                 self.predict_set = new_images(self.predict_root, self.source, self.on_bad_file)
@@ -208,19 +213,34 @@ class ImageDataModule(L.LightningDataModule):
     def _loader(self, dataset: Dataset | None, stage: str, shuffle: bool = False) -> DataLoader | DeviceBatches:
         if dataset is None:
             raise RuntimeError(f"{stage} data is not set up: call setup() first")
+        sampler = self._sampler(dataset, stage, shuffle)
         if isinstance(dataset, CachedSplit):  # on the device of the latest setup, whoever called it first
-            return DeviceBatches(
-                dataset.to(self.device), self.batch_size, self.source.to_model_input, self.generators[stage], shuffle
-            )
+            split = dataset.to(self.device)
+            generator = self.generators[stage]
+            return DeviceBatches(split, self.batch_size, self.source.to_model_input, generator, shuffle, sampler)
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            sampler=RandomSampler(dataset, generator=self.generators[stage]) if shuffle else None,
+            sampler=sampler,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
             generator=self.worker_seeds,
         )
+
+    def _sampler(self, dataset: Dataset, stage: str, shuffle: bool) -> Sampler[int] | None:
+        """One process: a ``RandomSampler`` on the stage's generator, or none (in order). Under DDP, each
+        rank's share: for training, Lightning's own choice, a ``DistributedSampler`` seeded with the run's
+        seed (one permutation per epoch from seed + epoch, dealt out rank by rank and padded with repeats
+        so that every rank takes as many steps); for evaluation and prediction, every sample exactly once
+        (``UnrepeatedDistributedSampler``: ranks may differ by one sample, and nothing is counted twice;
+        a padded ``DistributedSampler`` would count some twice, pytorch#25162)."""
+        if self.shard is None:
+            return RandomSampler(dataset, generator=self.generators[stage]) if shuffle else None
+        rank, world = self.shard
+        if shuffle:
+            return DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=self.seed)
+        return UnrepeatedDistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=False)
 
     def state_dict(self) -> dict:
         state = {f"generator.{k}": g.get_state() for k, g in self.generators.items()}

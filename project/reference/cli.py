@@ -36,6 +36,9 @@ def main(argv: list[str] | None = None) -> None:
             run.trainer.fit(run.model, run.datamodule, ckpt_path)
         else:
             results = getattr(run.trainer, opts.command)(run.model, run.datamodule, ckpt_path)
+        if not run.trainer.is_global_zero:  # under torchrun rank 0 speaks for the run
+            return
+        if opts.command != "fit":
             width = max(len(k) for k in results)
             for k, v in results.items():
                 print(f"{k:<{width}}  {v:.6f}")

@@ -23,6 +23,20 @@ class _NoTrainerCLI(TwinloopCLI):
         return None
 
 
+class _ConfigOnlyCLI(TwinloopCLI):
+    """Parses a config exactly like ``twinloop``, and builds nothing."""
+
+    def instantiate_classes(self) -> None:
+        pass
+
+
+def read_config(args: list[str]) -> dict:
+    """The resolved config of ``-c CONFIG`` and overrides, as ``twinloop`` reads it (nothing built)."""
+    with warnings.catch_warnings():  # it is meant: the arguments come from this command, not sys.argv
+        warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter.*")
+        return _ConfigOnlyCLI(args=args, run=False).config.as_dict()
+
+
 @dataclass
 class ReferenceRun:
     """A model, its data and the reference trainer, built from one config."""

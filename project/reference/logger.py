@@ -20,7 +20,9 @@ def next_version_dir(parent: Path) -> Path:
 
 
 class ReferenceLogger:
-    """Scalars, pictures and the HPARAMS entry of one reference run.
+    """Scalars, pictures and the HPARAMS entry of one reference run; without a ``log_dir`` (the ranks
+    other than 0 of a distributed run) it writes nothing but still computes what it would log, since
+    computing a metric under a process group is a collective that every rank must join.
 
     Steps count optimizer steps, as Lightning's ``global_step`` does: a per-step scalar goes at the
     index of its step, epoch and validation scalars at the index of the epoch's last step, and a
@@ -29,7 +31,7 @@ class ReferenceLogger:
 
     def __init__(
         self,
-        log_dir: Path,
+        log_dir: Path | None,
         log_every_n_steps: int,
         pictures: monitoring.PictureLog,
         class_names: list[str],
@@ -37,7 +39,7 @@ class ReferenceLogger:
     ):
         self.log_dir = log_dir
         # purge_step: a resumed run hides what the interrupted one logged from that step on
-        self.writer = SummaryWriter(str(log_dir), purge_step=purge_step)
+        self.writer = SummaryWriter(str(log_dir), purge_step=purge_step) if log_dir is not None else None
         self.every = log_every_n_steps
         self.pictures = pictures
         self.class_names = class_names
@@ -51,7 +53,7 @@ class ReferenceLogger:
         tag = f"lr-{type(optimizer).__name__}"
 
         def batch_start(module, inputs):
-            if not module.training:
+            if not module.training or self.writer is None:
                 return
             self.pictures.log_inputs(self.writer, inputs[0], self.steps)
             if self.logs_step(self.steps):
@@ -64,7 +66,8 @@ class ReferenceLogger:
         return self.every > 0 and (step + 1) % self.every == 0
 
     def log_hparams(self, hparams: dict) -> None:
-        monitoring.log_hparams(self.writer, hparams)
+        if self.writer is not None:
+            monitoring.log_hparams(self.writer, hparams)
 
     def on_step(self, loss: torch.Tensor) -> None:
         if self.logs_step(self.steps):
@@ -82,8 +85,9 @@ class ReferenceLogger:
     def log_evaluation(self, metrics: StageMetrics, epoch: int = 0, step: int = 0) -> None:
         """A validation (summary and pictures) or test (its metrics) epoch, as Lightning logs it."""
         if metrics.detailed:
-            self._scalars(metrics.epoch_summary(self.class_names), step)
-            self.pictures.log_validation(self.writer, metrics, self.class_names, epoch, self.steps)
+            self._scalars(metrics.epoch_summary(self.class_names), step)  # on every rank: it syncs the metrics
+            if self.writer is not None:
+                self.pictures.log_validation(self.writer, metrics, self.class_names, epoch, self.steps)
         else:
             self._scalars(metrics.compute(), step)
 
@@ -91,9 +95,12 @@ class ReferenceLogger:
         for hook in self._hooks:
             hook.remove()
         self._hooks.clear()
-        self.writer.close()
+        if self.writer is not None:
+            self.writer.close()
 
     def _scalars(self, values: dict, step: int) -> None:
+        if self.writer is None:
+            return
         for tag, value in {**values, "epoch": self.epoch}.items():
             self.writer.add_scalar(tag, float(value), step)
         self.writer.flush()

@@ -3,7 +3,9 @@ them, and the refusal of everything else, so that the loop never silently does s
 
 from __future__ import annotations
 
+import os
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,7 +36,12 @@ HONOURED_TRAINER_KEYS = {
     "enable_model_summary",
     "logger",
     "enable_checkpointing",
+    # several processes: torchrun starts them, the reference checks that they are what these say
+    "strategy",
+    "num_nodes",
+    "sync_batchnorm",
 }
+STRATEGIES = ("auto", "ddp")
 PRECISIONS = {
     "32": "32-true",
     "32-true": "32-true",
@@ -67,14 +74,21 @@ class TrainerSettings:
     enable_progress_bar: bool = True
     enable_checkpointing: bool = True
     log_root: Path = Path("lightning_logs")  # the TensorBoard logger's save_dir / name
+    processes: Processes = field(default_factory=lambda: Processes())
+    sync_batchnorm: bool = False
 
     @classmethod
-    def from_config(cls, trainer: dict) -> TrainerSettings:
-        device = read_device(trainer.get("accelerator"), trainer.get("devices", "auto"))
+    def from_config(cls, trainer: dict, env: Mapping[str, str] = os.environ) -> TrainerSettings:
+        processes = read_processes(trainer.get("strategy"), env)
+        num_nodes = int(trainer.get("num_nodes") or 1)
+        device = read_device(trainer.get("accelerator"), trainer.get("devices", "auto"), num_nodes, processes)
         clip_val = trainer.get("gradient_clip_val")
         every = trainer.get("log_every_n_steps")
         logger = trainer.get("logger")
         logger_args = logger.get("init_args", {}) if isinstance(logger, dict) else {}
+        sync_batchnorm = bool(trainer.get("sync_batchnorm"))
+        if sync_batchnorm and device.type == "cpu":
+            raise ConfigError("trainer.sync_batchnorm=true: torch's SyncBatchNorm runs on GPUs only; set it to false")
         return cls(
             max_epochs=read_max_epochs(trainer.get("max_epochs")),
             device=device,
@@ -92,11 +106,70 @@ class TrainerSettings:
             enable_progress_bar=trainer.get("enable_progress_bar") is not False,
             enable_checkpointing=trainer.get("enable_checkpointing") is not False,
             log_root=Path(logger_args.get("save_dir") or ".") / (logger_args.get("name") or ""),
+            processes=processes,
+            sync_batchnorm=sync_batchnorm,
         )
 
 
-def read_device(accelerator: str | None, devices) -> torch.device:
-    """One CPU or one GPU; anything Lightning would spread over several devices is refused."""
+@dataclass(frozen=True)
+class Processes:
+    """The processes of a run, as torchrun describes them in each one's environment (``WORLD_SIZE``,
+    ``RANK``, ``LOCAL_RANK``). ``distributed``: a process group and DistributedDataParallel, as
+    Lightning's DDP strategy sets up, even for one process (``strategy: ddp, devices: 1``)."""
+
+    world_size: int = 1
+    rank: int = 0
+    local_rank: int = 0
+    distributed: bool = False
+
+    @property
+    def is_global_zero(self) -> bool:
+        return self.rank == 0
+
+
+def read_processes(strategy: str | None, env: Mapping[str, str]) -> Processes:
+    """This process's place in the run: torchrun's environment, or one process without it."""
+    name = str(strategy or "auto")
+    if name not in STRATEGIES:
+        raise ConfigError(f"trainer.strategy={strategy!r}: the reference loop runs {' or '.join(STRATEGIES)}")
+    world_size = int(env.get("WORLD_SIZE", 1))
+    return Processes(
+        world_size=world_size,
+        rank=int(env.get("RANK", 0)),
+        local_rank=int(env.get("LOCAL_RANK", 0)),
+        distributed=name == "ddp" or world_size > 1,  # Lightning's choice for several devices is DDP
+    )
+
+
+def device_ids(name: str, devices) -> list[int]:
+    """The devices of one node that Lightning would use: ``auto`` is one CPU or every GPU."""
+    if isinstance(devices, (list, tuple)):
+        return [int(d) for d in devices]
+    text = str(devices)
+    if "," in text:
+        return [int(d) for d in text.split(",") if d.strip()]
+    if text in ("auto", "-1"):
+        if name == "cpu" and text == "auto":
+            return [0]
+        if name == "cuda":
+            return list(range(torch.cuda.device_count()))
+    elif text.isdigit() and int(text) > 0:
+        return list(range(int(text)))
+    raise ConfigError(f"trainer.devices={devices!r}: use a number of devices, a list of GPU ids or auto")
+
+
+def requested_processes(trainer: dict) -> int:
+    """How many processes Lightning runs for these trainer settings: one per device and node."""
+    name = str(trainer.get("accelerator") or "auto")
+    name = {"gpu": "cuda", "auto": "cuda" if torch.cuda.is_available() else "cpu"}.get(name, name)
+    return len(device_ids(name, trainer.get("devices", "auto"))) * int(trainer.get("num_nodes") or 1)
+
+
+def read_device(
+    accelerator: str | None, devices, num_nodes: int = 1, processes: Processes = Processes()
+) -> torch.device:
+    """This process's device. Lightning runs one process per device on each of ``num_nodes`` nodes;
+    the reference needs torchrun to have started exactly those, and refuses anything else."""
     name = str(accelerator or "auto")
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
@@ -105,13 +178,23 @@ def read_device(accelerator: str | None, devices) -> torch.device:
         raise ConfigError(f"trainer.accelerator={accelerator!r}: the reference loop runs on cpu or cuda")
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("trainer.accelerator=cuda, but CUDA is not available on this machine")
-    one_device = devices in (1, "1", [0]) or (devices == "auto" and (name == "cpu" or torch.cuda.device_count() == 1))
-    if not one_device:
+    ids = device_ids(name, devices)
+    wanted = len(ids) * num_nodes
+    if wanted != processes.world_size:
+        nodes = f" x trainer.num_nodes={num_nodes}" if num_nodes != 1 else ""
+        if processes.world_size == 1:
+            raise ConfigError(
+                f"trainer.devices={devices!r}{nodes}: Lightning would run {wanted} processes here "
+                f"({'every GPU' if devices in ('auto', -1, '-1') else 'one per device'}), and the reference loop "
+                f"runs one per process: launch it with `torchrun --nnodes {num_nodes} --nproc_per_node {len(ids)} "
+                "-m project.reference ...`, or set --trainer.devices=1"
+            )
         raise ConfigError(
-            f"trainer.devices={devices!r}: Lightning would use "
-            f"{'every GPU' if devices in ('auto', -1, '-1') else 'several devices'} here, and the reference "
-            "loop runs on one device: set --trainer.devices=1"
+            f"torchrun started {processes.world_size} processes, but trainer.devices={devices!r}{nodes} "
+            f"asks for {wanted}: set --nproc_per_node and --nnodes to match"
         )
+    if name == "cuda" and (processes.world_size > 1 or ids != [0]):
+        return torch.device("cuda", ids[processes.local_rank])
     return torch.device(name)
 
 

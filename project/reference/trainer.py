@@ -27,6 +27,7 @@ from project.module import ImageClassifier
 from project.progress import EvaluationLines, LineProgress, stdout_is_terminal
 from project.reference import loop
 from project.reference.checkpoints import checkpoint_dict, load_checkpoint
+from project.reference.distributed import EpochShuffled, data_parallel, init_process_group, reseed
 from project.reference.logger import ReferenceLogger, next_version_dir
 from project.reference.settings import TrainerSettings, count_batches
 from project.rng import restore_rng
@@ -69,6 +70,11 @@ class ReferenceTrainer:
     def log_dir(self, path: Path) -> None:
         self._log_dir = path
 
+    @property
+    def is_global_zero(self) -> bool:
+        """Rank 0 of a distributed run, or the one process: the one that logs, saves and reports."""
+        return self.settings.processes.is_global_zero
+
     def fit(self, model: ImageClassifier, datamodule: ImageDataModule, ckpt_path: str | None = None) -> None:
         """Train and validate with the reference loop; checkpoints go to ``log_dir/checkpoints``.
         With ``ckpt_path`` (an epoch-end checkpoint of either loop), go on from the epoch after it."""
@@ -78,7 +84,10 @@ class ReferenceTrainer:
         train_loader, val_loader = datamodule.train_dataloader(), datamodule.val_dataloader()
         num_train = count_batches(len(train_loader), s.limit_train_batches, "limit_train_batches")
         num_val = count_batches(len(val_loader), s.limit_val_batches, "limit_val_batches")
-        net = model.net.to(s.device)
+        # Under DDP the loop trains the wrapped network; model.net is the one with SyncBatchNorm layers
+        # if asked for (same parameters and buffers), until the fit ends.
+        single = model.net.to(s.device)
+        net, model.net = data_parallel(single, s.processes, s.device, s.sync_batchnorm)
         self.estimated_stepping_batches = stepping_batches(num_train, s.accumulate_grad_batches, s.max_epochs)
         optimizer, scheduler = build_optimization(
             net.parameters(), model.optimizer_factory, model.scheduler_factory, self.estimated_stepping_batches
@@ -98,7 +107,7 @@ class ReferenceTrainer:
         with out_of_memory_hinted(datamodule.batch_size, s.precision):
             loop.fit(
                 net,
-                self._progress(train_loader, "train", num_train, lines),
+                self._progress(EpochShuffled(train_loader, first_epoch), "train", num_train, lines),
                 self._progress(val_loader, "val", num_val),
                 model.criterion,
                 optimizer,
@@ -122,6 +131,7 @@ class ReferenceTrainer:
                 on_step=self._on_step(logger, lines),
             )
         self._call("on_train_end", model)
+        model.net = single
         logger.close()
 
     def _epoch_end(self, model, datamodule, optimizer, scheduler, val_metrics, logger, lines):
@@ -137,6 +147,8 @@ class ReferenceTrainer:
             self.callback_metrics = {**train_results, **(val_results or {})}
             if val_results is not None:
                 self._call("on_validation_end", model)
+            if not self.is_global_zero:  # the other ranks hold the same state: rank 0 reports and saves it
+                return
             if lines is not None:
                 lines.on_epoch_end(epoch, logger.steps, {**(val_results or {}), "val/acc_best": val_metrics.best_acc})
             if self.settings.enable_checkpointing:
@@ -161,7 +173,8 @@ class ReferenceTrainer:
         logger.pictures.inputs_logged = True  # the run logged them before
         if "rng_states" in checkpoint:  # last: nothing may draw between here and the first batch
             restore_rng(checkpoint["rng_states"])
-        print(f"resuming from epoch {checkpoint['epoch'] + 1} (step {checkpoint['global_step']})")
+        if self.is_global_zero:
+            print(f"resuming from epoch {checkpoint['epoch'] + 1} (step {checkpoint['global_step']})")
         return checkpoint["epoch"] + 1
 
     def validate(self, model: ImageClassifier, datamodule: ImageDataModule, ckpt_path: str | None = None) -> dict:
@@ -200,9 +213,14 @@ class ReferenceTrainer:
         return {k: float(v) for k, v in results.items()}
 
     def _setup(self, model: ImageClassifier, datamodule: ImageDataModule, stage: str) -> None:
-        """What Lightning does before a run: determinism, the data, the module's ``setup``."""
+        """What Lightning does before a run: determinism, the process group, the data, the module's ``setup``."""
         configure_determinism(self.settings)
+        processes = self.settings.processes
+        init_process_group(processes, self.settings.device)
+        if processes.distributed:
+            reseed()
         datamodule.device = self.settings.device  # where a device_cache holds the data
+        datamodule.shard = (processes.rank, processes.world_size) if processes.distributed else None
         datamodule.prepare_data()
         datamodule.setup(stage)
         model.class_names = list(datamodule.class_names)  # some data sets name their classes only now
@@ -213,14 +231,15 @@ class ReferenceTrainer:
 
     def _logger(self, model: ImageClassifier, datamodule: ImageDataModule, purge_step: int | None = None):
         pictures = monitoring.PictureLog(model.log_images_every_n_epochs, datamodule.mean, datamodule.std)
-        return ReferenceLogger(self.log_dir, self.settings.log_every_n_steps, pictures, model.class_names, purge_step)
+        log_dir = self.log_dir if self.is_global_zero else None  # one writer for the run: rank 0's
+        return ReferenceLogger(log_dir, self.settings.log_every_n_steps, pictures, model.class_names, purge_step)
 
     def _progress(self, loader: Iterable, desc: str, total: int, lines: LineProgress | None = None) -> Iterable:
-        """The loader as a progress bar over the batches the loop will take, a fresh bar every pass;
-        on a stdout that is not a terminal, no bar: the training batches are counted for the fit's
-        lines, and a validate or test run gets lines of its own."""
+        """The loader as a progress bar over the batches the loop will take, a fresh bar every pass
+        (rank 0's only); on a stdout that is not a terminal, no bar: the training batches are
+        counted for the fit's lines, and a validate or test run gets lines of its own."""
         s = self.settings
-        if not s.enable_progress_bar:
+        if not s.enable_progress_bar or not self.is_global_zero:
             return loader
         if stdout_is_terminal():
             return ProgressBar(loader, f"reference {desc}", total)
@@ -232,9 +251,9 @@ class ReferenceTrainer:
 
     def _line_progress(self, first_step: int) -> LineProgress | None:
         """The progress lines of a fit (epoch lines under the bars too), as Lightning's progress bars
-        show them; none with the bar off."""
+        show them; none with the bar off, and none but rank 0's."""
         s = self.settings
-        if not s.enable_progress_bar:
+        if not s.enable_progress_bar or not self.is_global_zero:
             return None
         return LineProgress(s.log_every_n_steps or 50, self.estimated_stepping_batches, s.max_epochs, first_step)
 
