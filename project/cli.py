@@ -12,9 +12,10 @@ from lightning.pytorch.plugins.io import CheckpointIO
 
 from project.callbacks import LatestCheckpoint, OutOfMemoryHint, PredictionCSV
 from project.checkpoint_io import AtomicCheckpointIO, check_class_names, check_state_dict_fits, read_checkpoint
-from project.data import ImageDataModule
+from project.data import SOURCES, ImageDataModule
 from project.errors import CheckpointError, UserPathError, reported_as_exit
 from project.factory import DEFAULT_OPTIMIZER
+from project.models.pretrained import preprocessing_of
 from project.module import ImageClassifier
 from project.monitoring import log_hparams, run_hparams
 
@@ -76,9 +77,18 @@ class TwinloopCLI(LightningCLI):
             logger.init_args.save_dir = trainer.default_root_dir
         if self.subcommand == "fit" and config.get("ckpt_path") == "last" and isinstance(logger, Namespace):
             config.ckpt_path, self._user_checkpoint = resume_into_last_run(logger)  # checked like any other
+        use_weights_preprocessing(config.model, config.data)
+        # A checkpoint brings every weight: the pretrained ones are not loaded (nor downloaded) under it,
+        # and the config and hyperparameters still name them.
+        self._named_weights = config.model.get("weights") if config.get("ckpt_path") else None
+        if self._named_weights is not None:
+            config.model.weights = None
 
     def instantiate_classes(self) -> None:
         super().instantiate_classes()
+        if (weights := getattr(self, "_named_weights", None)) is not None:
+            (self.config[self.subcommand] if self.subcommand else self.config).model.weights = weights
+            self.model.hparams.weights = weights
         # The checkpoint against the model and the data, before Lightning creates a run directory;
         # Lightning then reads the file again itself.
         checkpoint, self._user_checkpoint = getattr(self, "_user_checkpoint", None), None
@@ -112,6 +122,24 @@ class TwinloopCLI(LightningCLI):
 def data_seed(seed_everything: int | bool) -> int:
     """``seed_everything: true`` (a random seed) or ``false`` still give the data a fixed seed."""
     return seed_everything if not isinstance(seed_everything, bool) else 42
+
+
+def use_weights_preprocessing(model: Namespace, data: Namespace) -> None:
+    """With pretrained weights, the data takes their preprocessing where the config leaves it unset:
+    resize and centre crop (image folders, when neither ``image_size`` nor ``crop_size`` is set), and
+    mean and std (when neither is set; averaged over RGB for 1-channel data). The run's saved
+    config.yaml then shows them."""
+    pre = preprocessing_of(model.backbone, model.get("weights"))
+    if pre is None:
+        return
+    if data.dataset == "imagefolder" and data.image_size is None and data.crop_size is None:
+        data.image_size, data.crop_size = pre.resize, pre.crop
+    if data.mean is None and data.std is None:
+        channels = data.fake_image_shape[0] if data.dataset == "fake" else SOURCES[data.dataset].channels
+        mean, std = (list(pre.mean), list(pre.std)) if channels == len(pre.mean) else ([], [])
+        if not mean:  # gray data: one channel stands for R = G = B
+            mean, std = [sum(pre.mean) / len(pre.mean)] * channels, [sum(pre.std) / len(pre.std)] * channels
+        data.mean, data.std = mean, std
 
 
 def check_ckpt_path(ckpt_path: str | None) -> dict | None:

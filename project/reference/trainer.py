@@ -21,6 +21,7 @@ from project.checkpoint_io import atomic_torch_save
 from project.data import ImageDataModule
 from project.errors import check_finite_loss, out_of_memory_hint
 from project.factory import build_optimization, stepping_batches
+from project.finetuning import optimizer_parameters
 from project.metrics import StageMetrics, build_stage_metrics
 from project.module import ImageClassifier
 from project.reference import loop
@@ -78,8 +79,12 @@ class ReferenceTrainer:
         num_val = count_batches(len(val_loader), s.limit_val_batches, "limit_val_batches")
         net = model.net.to(s.device)
         self.estimated_stepping_batches = stepping_batches(num_train, s.accumulate_grad_batches, s.max_epochs)
+        hp = model.hparams
         optimizer, scheduler = build_optimization(
-            net.parameters(), model.optimizer_factory, model.scheduler_factory, self.estimated_stepping_batches
+            optimizer_parameters(net, hp.freeze_backbone_epochs, hp.backbone_lr_scale),
+            model.optimizer_factory,
+            model.scheduler_factory,
+            self.estimated_stepping_batches,
         )
         self.optimizers = [optimizer]
         train_metrics, val_metrics = (self._metrics(stage, model) for stage in ("train", "val"))
@@ -92,6 +97,9 @@ class ReferenceTrainer:
         )
 
         on_epoch_end = self._epoch_end(model, datamodule, optimizer, scheduler, val_metrics, logger)
+        model.backbone_freeze.set_epoch(
+            first_epoch
+        )  # fine-tuning: each later epoch's is set at the end of the one before
         with out_of_memory_hinted(datamodule.batch_size, s.precision):
             loop.fit(
                 net,
@@ -140,6 +148,7 @@ class ReferenceTrainer:
                 self._save(state, "last.ckpt")
                 if improved:  # like ModelCheckpoint(mode="max"): a tie keeps the earlier best
                     self._save(state, "best.ckpt")
+            model.backbone_freeze.set_epoch(epoch + 1)
 
         return on_epoch_end
 
