@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from jsonargparse import Namespace
@@ -226,6 +227,12 @@ class RunConfigLogger(Callback):
 
 
 def main(args: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if args is None else args
+    if argv and argv[0] == "export":  # not a Trainer run: a command of its own
+        from project.export import main as export_main
+
+        export_main(argv[1:])
+        return
     with reported_as_exit():
         TwinloopCLI(args=args)
 
