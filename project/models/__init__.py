@@ -69,7 +69,7 @@ def _architecture(backbone: str, num_classes: int, in_channels: int, small_input
         return SimpleCNN(num_classes=num_classes, in_channels=in_channels, dropout=dropout)
     if backbone not in torchvision.models.list_models(module=torchvision.models):
         raise ConfigError(
-            f"Unknown backbone {backbone!r}: use 'simple_cnn' or a torchvision classification model "
+            f"Unknown backbone {backbone!r}: use 'simple_cnn', timm/<name> or a torchvision classification model "
             f"such as resnet18, resnet50, mobilenet_v3_small."
         )
     try:  # models with a classifier dropout (MobileNet, EfficientNet, VGG...) take the rate
