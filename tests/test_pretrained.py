@@ -147,3 +147,17 @@ def test_the_saved_config_shows_the_preprocessing_used(torch_home, tmp_path):
         "mean": IMAGENET_MEAN,
         "std": IMAGENET_STD,
     }
+
+
+def test_with_a_checkpoint_the_weights_file_is_not_needed(torch_home):
+    """validate --ckpt_path of a pretrained run works offline with the cache emptied: the checkpoint has every weight."""
+    place_torchvision_weights(torch_home)
+    args = [*FAST, "--model.backbone=resnet18", "--model.weights=DEFAULT", "--model.log_images_every_n_epochs=0"]
+    main(["fit", *args, "--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1"])
+    for file in (torch_home / "hub" / "checkpoints").iterdir():
+        file.unlink()
+    last = "lightning_logs/version_0/checkpoints/last.ckpt"
+    cli = TwinloopCLI(args=["validate", *args, "--ckpt_path", last, "--trainer.limit_val_batches=1"])
+    assert "val/acc" in cli.trainer.callback_metrics
+    assert cli.model.hparams.weights == "DEFAULT"
+    assert yaml.safe_load(Path(cli.trainer.log_dir, "config.yaml").read_text())["model"]["weights"] == "DEFAULT"
