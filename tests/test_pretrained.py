@@ -150,7 +150,7 @@ def test_the_saved_config_shows_the_preprocessing_used(torch_home, tmp_path):
 
 
 def test_with_a_checkpoint_the_weights_file_is_not_needed(torch_home):
-    """validate --ckpt_path of a pretrained run works offline with the cache emptied: the checkpoint has every weight."""
+    """validate --ckpt_path of a pretrained run works offline with the cache emptied: the checkpoint has all weights."""
     place_torchvision_weights(torch_home)
     args = [*FAST, "--model.backbone=resnet18", "--model.weights=DEFAULT", "--model.log_images_every_n_epochs=0"]
     main(["fit", *args, "--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1"])
