@@ -81,7 +81,8 @@ class TwinloopCLI(LightningCLI):
         use_weights_preprocessing(config.model, config.data)
         # A checkpoint brings every weight: the pretrained ones are not loaded (nor downloaded) under it,
         # and the config and hyperparameters still name them.
-        self._named_weights = config.model.get("weights") if config.get("ckpt_path") else None
+        from_checkpoint = config.get("ckpt_path") or getattr(self, "checkpoint_brings_weights", False)
+        self._named_weights = config.model.get("weights") if from_checkpoint else None
         if self._named_weights is not None:
             config.model.weights = None
 

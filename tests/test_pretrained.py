@@ -11,6 +11,8 @@ from project.cli import TwinloopCLI, main
 from project.errors import CheckpointError, ConfigError
 from project.models import build_network
 from project.models import pretrained as pretrained_module
+from project.reference.cli import main as reference_main
+from project.reference.config import load_run
 from tests.helpers import FAST, make_image_folder
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
@@ -161,3 +163,17 @@ def test_with_a_checkpoint_the_weights_file_is_not_needed(torch_home):
     assert "val/acc" in cli.trainer.callback_metrics
     assert cli.model.hparams.weights == "DEFAULT"
     assert yaml.safe_load(Path(cli.trainer.log_dir, "config.yaml").read_text())["model"]["weights"] == "DEFAULT"
+
+
+def test_the_reference_validates_a_pretrained_checkpoint_without_the_weights_file(torch_home, capsys):
+    """twinloop-reference validate --ckpt_path: the checkpoint's weights, no cache needed, the weights' mean."""
+    place_torchvision_weights(torch_home)
+    args = [*FAST, "--model.backbone=resnet18", "--model.weights=DEFAULT", "--model.log_images_every_n_epochs=0"]
+    main(["fit", *args, "--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1"])
+    for file in (torch_home / "hub" / "checkpoints").iterdir():
+        file.unlink()
+    last = "lightning_logs/version_0/checkpoints/last.ckpt"
+    reference_main(["validate", *args, "--ckpt_path", last, "--trainer.limit_val_batches=1", "--log_dir=ref"])
+    assert "val/acc " in capsys.readouterr().out
+    run = load_run(args, checkpoint_brings_weights=True)
+    assert run.datamodule.mean == (sum(IMAGENET_MEAN) / 3,)
