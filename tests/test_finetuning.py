@@ -98,10 +98,11 @@ def test_compare_on_a_pretrained_finetuning_config_is_bit_identical(tmp_path, mo
         *FINETUNE,
         "--model.backbone=shufflenet_v2_x0_5",
         "--model.weights=DEFAULT",
-        "--data.val_fraction=0.94",
+        "--data.val_fraction=0.95",  # 90 training digits: batches of 32, 32 and 26
     ]
     args += [
         "--trainer.max_epochs=2",
+        "--trainer.limit_val_batches=1",
         "--model.lr_scheduler=StepLR",
         "--model.lr_scheduler.step_size=1",
         "--model.lr_scheduler.gamma=0.5",
@@ -112,7 +113,7 @@ def test_compare_on_a_pretrained_finetuning_config_is_bit_identical(tmp_path, mo
     worst = max(c.max_loss_diff, c.max_step_tensor_diff, *c.max_final_diff.values())
     EQUIVALENCE_RESULTS.append(("fine-tuning shufflenet_v2_x0_5 from weights", worst))
     assert c.equivalent, compare.format_table(c)
-    assert worst == 0.0 and c.steps == 8 and len(c.val) == 2
+    assert worst == 0.0 and c.steps == 6 and len(c.val) == 2
     assert set(c.max_final_diff) == {"param", "buffer", "optimizer", "param_groups"}
     assert lit.final["param_groups.1.lr"].item() == pytest.approx(0.05 * 0.1 * 0.5**2)  # StepLR after each epoch
     assert lit.final["param_groups.1.lr_scale"].item() == pytest.approx(0.1)

@@ -151,29 +151,34 @@ def test_the_saved_config_shows_the_preprocessing_used(torch_home, tmp_path):
     }
 
 
-def test_with_a_checkpoint_the_weights_file_is_not_needed(torch_home):
-    """validate --ckpt_path of a pretrained run works offline with the cache emptied: the checkpoint has all weights."""
-    place_torchvision_weights(torch_home)
+@pytest.fixture(scope="module")
+def pretrained_checkpoint(tmp_path_factory) -> tuple[Path, list[str]]:
+    """A checkpoint of a short fit from (placed) DEFAULT resnet18 weights on digits, and its arguments."""
+    root = tmp_path_factory.mktemp("pretrained_fit")
     args = [*FAST, "--model.backbone=resnet18", "--model.weights=DEFAULT", "--model.log_images_every_n_epochs=0"]
-    main(["fit", *args, "--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1"])
-    for file in (torch_home / "hub" / "checkpoints").iterdir():
-        file.unlink()
-    last = "lightning_logs/version_0/checkpoints/last.ckpt"
-    cli = TwinloopCLI(args=["validate", *args, "--ckpt_path", last, "--trainer.limit_val_batches=1"])
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TORCH_HOME", str(root / "torch_home"))
+        place_torchvision_weights(root / "torch_home")
+        fit = ["fit", *args, "--trainer.max_epochs=1", "--trainer.limit_train_batches=2"]
+        main([*fit, "--trainer.limit_val_batches=1", f"--trainer.default_root_dir={root}"])
+    return root / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt", args
+
+
+def test_with_a_checkpoint_the_weights_file_is_not_needed(torch_home, pretrained_checkpoint):
+    """validate --ckpt_path of a pretrained run works offline with an empty cache: the checkpoint has all weights."""
+    last, args = pretrained_checkpoint
+    cli = TwinloopCLI(args=["validate", *args, "--ckpt_path", str(last), "--trainer.limit_val_batches=1"])
     assert "val/acc" in cli.trainer.callback_metrics
     assert cli.model.hparams.weights == "DEFAULT"
     assert yaml.safe_load(Path(cli.trainer.log_dir, "config.yaml").read_text())["model"]["weights"] == "DEFAULT"
 
 
-def test_the_reference_validates_a_pretrained_checkpoint_without_the_weights_file(torch_home, capsys):
+def test_the_reference_validates_a_pretrained_checkpoint_without_the_weights_file(
+    torch_home, pretrained_checkpoint, capsys
+):
     """twinloop-reference validate --ckpt_path: the checkpoint's weights, no cache needed, the weights' mean."""
-    place_torchvision_weights(torch_home)
-    args = [*FAST, "--model.backbone=resnet18", "--model.weights=DEFAULT", "--model.log_images_every_n_epochs=0"]
-    main(["fit", *args, "--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1"])
-    for file in (torch_home / "hub" / "checkpoints").iterdir():
-        file.unlink()
-    last = "lightning_logs/version_0/checkpoints/last.ckpt"
-    reference_main(["validate", *args, "--ckpt_path", last, "--trainer.limit_val_batches=1", "--log_dir=ref"])
+    last, args = pretrained_checkpoint
+    reference_main(["validate", *args, "--ckpt_path", str(last), "--trainer.limit_val_batches=1", "--log_dir=ref"])
     assert "val/acc " in capsys.readouterr().out
     run = load_run(args, checkpoint_brings_weights=True)
     assert run.datamodule.mean == (sum(IMAGENET_MEAN) / 3,)
