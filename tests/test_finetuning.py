@@ -10,6 +10,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from project import compare
 from project.cli import TwinloopCLI
 from project.finetuning import split_backbone
+from project.reference.config import load_run
 from tests.helpers import EQUIV, EQUIVALENCE_RESULTS, FAST
 from tests.test_pretrained import place_torchvision_weights
 
@@ -117,3 +118,20 @@ def test_compare_on_a_pretrained_finetuning_config_is_bit_identical(tmp_path, mo
     assert set(c.max_final_diff) == {"param", "buffer", "optimizer", "param_groups"}
     assert lit.final["param_groups.1.lr"].item() == pytest.approx(0.05 * 0.1 * 0.5**2)  # StepLR after each epoch
     assert lit.final["param_groups.1.lr_scale"].item() == pytest.approx(0.1)
+
+
+def test_the_reference_loop_keeps_a_frozen_backbone_as_it_is():
+    """The reference loop in a frozen epoch: backbone BatchNorms run in eval mode although the loop calls
+    model.train(), and backbone weights and statistics end as they began, while the head trains."""
+    run = load_run([*DIGITS, *FINETUNE, "--trainer.max_epochs=1", "--trainer.limit_train_batches=4"], Path("ref"))
+    net = run.model.net
+    initial = {k: v.clone() for k, v in net.state_dict().items()}
+    modes = []
+    net.features[0][1].register_forward_hook(
+        lambda m, i, o: modes.append(m.training) if torch.is_grad_enabled() else None
+    )
+    run.trainer.fit(run.model, run.datamodule)
+    final = net.state_dict()
+    assert modes == [False] * 4
+    assert all(torch.equal(final[k], initial[k]) for k in initial if not k.startswith("classifier.5."))
+    assert not torch.equal(final["classifier.5.weight"], initial["classifier.5.weight"])
