@@ -97,9 +97,8 @@ class ReferenceTrainer:
         )
 
         on_epoch_end = self._epoch_end(model, datamodule, optimizer, scheduler, val_metrics, logger)
-        model.backbone_freeze.set_epoch(
-            first_epoch
-        )  # fine-tuning: each later epoch's is set at the end of the one before
+        # fine-tuning: the first epoch frozen or not here, each later one at the end of the one before
+        model.backbone_freeze.set_epoch(first_epoch)
         with out_of_memory_hinted(datamodule.batch_size, s.precision):
             loop.fit(
                 net,
