@@ -1,5 +1,6 @@
 """Fine-tuning: the backbone frozen for the first epochs (BatchNorm statistics too), then trained at a lower rate."""
 
+import functools
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,9 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from project import compare
 from project.cli import TwinloopCLI
-from project.finetuning import split_backbone
+from project.factory import build_optimization
+from project.finetuning import optimizer_parameters, split_backbone
+from project.models import build_network
 from project.reference.config import load_run
 from tests.helpers import EQUIV, EQUIVALENCE_RESULTS, FAST
 from tests.test_pretrained import place_torchvision_weights
@@ -135,3 +138,13 @@ def test_the_reference_loop_keeps_a_frozen_backbone_as_it_is():
     assert modes == [False] * 4
     assert all(torch.equal(final[k], initial[k]) for k in initial if not k.startswith("classifier.5."))
     assert not torch.equal(final["classifier.5.weight"], initial["classifier.5.weight"])
+
+
+def test_one_cycle_max_lr_is_scaled_for_the_backbone_group():
+    """OneCycleLR given one max_lr peaks the backbone group at lr_scale times it, as the learning rate."""
+    net = build_network("simple_cnn", num_classes=3)
+    groups = optimizer_parameters(net, freeze_backbone_epochs=1, backbone_lr_scale=0.1)
+    schedule = functools.partial(torch.optim.lr_scheduler.OneCycleLR, max_lr=0.2, total_steps=None)
+    optimizer, scheduler = build_optimization(groups, functools.partial(torch.optim.SGD, lr=0.2), schedule, 10)
+    assert [g["max_lr"] for g in optimizer.param_groups] == [0.2, 0.2 * 0.1]
+    assert scheduler.total_steps == 10
