@@ -36,6 +36,11 @@ class TwinloopCLI(LightningCLI):
         kwargs.setdefault("trainer_defaults", TRAINER_DEFAULTS)
         kwargs.setdefault("seed_everything_default", 42)
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        # `twinloop export` is dispatched by main() before this parser: its help names it
+        kwargs.setdefault(
+            "parser_kwargs",
+            {"epilog": "Also: twinloop export --help (a checkpoint to ONNX, TorchScript or torch.export)."},
+        )
         super().__init__(ImageClassifier, ImageDataModule, *args, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
