@@ -14,8 +14,7 @@ from project.factory import build_optimization
 from project.finetuning import optimizer_parameters, split_backbone
 from project.models import build_network
 from project.reference.config import load_run
-from tests.helpers import EQUIV, EQUIVALENCE_RESULTS, FAST
-from tests.test_pretrained import place_torchvision_weights
+from tests.helpers import EQUIV, EQUIVALENCE_RESULTS, FAST, place_torchvision_weights
 
 FINETUNE = ["--model.freeze_backbone_epochs=1", "--model.backbone_lr_scale=0.1", "--model.dropout=0.0"]
 DIGITS = [*FAST, "--data.batch_size=64", "--model.log_images_every_n_epochs=0", "--trainer.limit_val_batches=2"]

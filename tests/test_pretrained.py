@@ -4,7 +4,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import torchvision
 import yaml
 
 from project.cli import TwinloopCLI, main
@@ -13,22 +12,10 @@ from project.models import build_network
 from project.models import pretrained as pretrained_module
 from project.reference.cli import main as reference_main
 from project.reference.config import load_run
-from tests.helpers import FAST, make_image_folder
+from tests.helpers import FAST, make_image_folder, place_torchvision_weights
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
-
-
-def place_torchvision_weights(torch_home: Path, backbone: str = "resnet18", seed: int = 0) -> dict:
-    """A weights file of the right architecture, under the name torchvision expects in torch.hub's cache
-    (``$TORCH_HOME/hub/checkpoints/<file name of the weights' url>``); returns its state dict."""
-    url = torchvision.models.get_model_weights(backbone).DEFAULT.url
-    path = torch_home / "hub" / "checkpoints" / Path(url).name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(seed)
-    state = torchvision.models.get_model(backbone, weights=None).state_dict()
-    torch.save(state, path)
-    return state
 
 
 @pytest.fixture
