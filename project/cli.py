@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import warnings
 from pathlib import Path
 
@@ -15,9 +16,10 @@ from lightning.pytorch.plugins.io import CheckpointIO
 
 from project.callbacks import LatestCheckpoint, LogLinesProgressBar, OutOfMemoryHint, PredictionCSV
 from project.checkpoint_io import AtomicCheckpointIO, check_class_names, check_state_dict_fits, read_checkpoint
-from project.data import ImageDataModule
+from project.data import SOURCES, ImageDataModule
 from project.errors import CheckpointError, ConfigError, UserPathError, reported_as_exit
 from project.factory import DEFAULT_OPTIMIZER
+from project.models.pretrained import preprocessing_of
 from project.module import ImageClassifier
 from project.monitoring import log_hparams, run_hparams
 from project.progress import stdout_is_terminal
@@ -79,6 +81,11 @@ class TwinloopCLI(LightningCLI):
         # Under DDP Lightning asks for self.log(..., sync_dist=True) at epoch level; the module logs
         # values that torchmetrics has already summed over the ranks, so the advice does not apply.
         warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('(train|val|test)/")
+        # `twinloop export` is dispatched by main() before this parser: its help names it
+        kwargs.setdefault(
+            "parser_kwargs",
+            {"epilog": "Also: twinloop export --help (a checkpoint to ONNX, TorchScript or torch.export)."},
+        )
         super().__init__(ImageClassifier, ImageDataModule, *args, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -124,9 +131,19 @@ class TwinloopCLI(LightningCLI):
         on_cpu = trainer.accelerator == "cpu" or (trainer.accelerator == "auto" and not torch.cuda.is_available())
         if trainer.sync_batchnorm and on_cpu:  # else each rank dies in DistributedDataParallel with a traceback
             raise ConfigError("trainer.sync_batchnorm=true: torch's SyncBatchNorm runs on GPUs only; set it to false")
+        use_weights_preprocessing(config.model, config.data)
+        # A checkpoint brings every weight: the pretrained ones are not loaded (nor downloaded) under it,
+        # and the config and hyperparameters still name them.
+        from_checkpoint = config.get("ckpt_path") or getattr(self, "checkpoint_brings_weights", False)
+        self._named_weights = config.model.get("weights") if from_checkpoint else None
+        if self._named_weights is not None:
+            config.model.weights = None
 
     def instantiate_classes(self) -> None:
         super().instantiate_classes()
+        if (weights := getattr(self, "_named_weights", None)) is not None:
+            (self.config[self.subcommand] if self.subcommand else self.config).model.weights = weights
+            self.model.hparams.weights = weights
         # The checkpoint against the model and the data, before Lightning creates a run directory;
         # Lightning then reads the file again itself.
         checkpoint, self._user_checkpoint = getattr(self, "_user_checkpoint", None), None
@@ -175,6 +192,24 @@ def wants_log_lines(enable_progress_bar: bool | None, callbacks: list) -> bool:
 def data_seed(seed_everything: int | bool) -> int:
     """``seed_everything: true`` (a random seed) or ``false`` still give the data a fixed seed."""
     return seed_everything if not isinstance(seed_everything, bool) else 42
+
+
+def use_weights_preprocessing(model: Namespace, data: Namespace) -> None:
+    """With pretrained weights, the data takes their preprocessing where the config leaves it unset:
+    resize and centre crop (image folders, when neither ``image_size`` nor ``crop_size`` is set), and
+    mean and std (when neither is set; averaged over RGB for 1-channel data). The run's saved
+    config.yaml then shows them."""
+    pre = preprocessing_of(model.backbone, model.get("weights"))
+    if pre is None:
+        return
+    if data.dataset == "imagefolder" and data.image_size is None and data.crop_size is None:
+        data.image_size, data.crop_size = pre.resize, pre.crop
+    if data.mean is None and data.std is None:
+        channels = data.fake_image_shape[0] if data.dataset == "fake" else SOURCES[data.dataset].channels
+        mean, std = (list(pre.mean), list(pre.std)) if channels == len(pre.mean) else ([], [])
+        if not mean:  # gray data: one channel stands for R = G = B
+            mean, std = [sum(pre.mean) / len(pre.mean)] * channels, [sum(pre.std) / len(pre.std)] * channels
+        data.mean, data.std = mean, std
 
 
 def check_ckpt_path(ckpt_path: str | None) -> dict | None:
@@ -261,6 +296,12 @@ class RunConfigLogger(Callback):
 
 
 def main(args: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if args is None else args
+    if argv and argv[0] == "export":  # not a Trainer run: a command of its own
+        from project.export import main as export_main
+
+        export_main(argv[1:])
+        return
     with reported_as_exit():
         TwinloopCLI(args=args)
 

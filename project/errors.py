@@ -30,6 +30,10 @@ class CheckpointError(UserPathError):
     message names the file."""
 
 
+class MissingPackageError(RuntimeError):
+    """An optional package a command needs is not installed; the message names the extra to install."""
+
+
 class NonFiniteLossError(ArithmeticError):
     """Training met a NaN or infinite loss and stopped before it reached the weights or a checkpoint."""
 
@@ -64,7 +68,7 @@ def reported_as_exit() -> Iterator[None]:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
-    except (DataUnavailableError, UserPathError, NonFiniteLossError) as exc:
+    except (DataUnavailableError, UserPathError, NonFiniteLossError, MissingPackageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)
     except torch.OutOfMemoryError as exc:

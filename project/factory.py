@@ -39,13 +39,21 @@ def build_optimization(
     scheduler_factory: SchedulerFactory | None,
     total_steps: int,
 ) -> tuple[Optimizer, LRScheduler | None]:
-    """Optimizer and optional scheduler; ``total_steps`` fills in OneCycleLR when the config omits it."""
+    """Optimizer and optional scheduler; ``total_steps`` fills in OneCycleLR when the config omits it.
+
+    Parameter groups with an ``lr_scale`` (the backbone's when fine-tuning) get that fraction of the
+    learning rate, and of OneCycleLR's ``max_lr``, before the scheduler reads them."""
     optimizer = optimizer_factory(params)
+    scales = [group.get("lr_scale", 1.0) for group in optimizer.param_groups]
+    for group, scale in zip(optimizer.param_groups, scales):
+        group["lr"] *= scale
     if scheduler_factory is None:
         return optimizer, None
-    if needs_total_steps(scheduler_factory):
-        return optimizer, scheduler_factory(optimizer, total_steps=total_steps)
-    return optimizer, scheduler_factory(optimizer)
+    extra = {"total_steps": total_steps} if needs_total_steps(scheduler_factory) else {}
+    max_lr = (getattr(scheduler_factory, "keywords", None) or {}).get("max_lr")
+    if isinstance(max_lr, (int, float)) and any(s != 1.0 for s in scales):
+        extra["max_lr"] = [max_lr * s for s in scales]
+    return optimizer, scheduler_factory(optimizer, **extra)
 
 
 def needs_total_steps(scheduler_factory: SchedulerFactory) -> bool:

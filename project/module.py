@@ -14,6 +14,7 @@ from torch import Tensor
 from project import monitoring
 from project.errors import check_finite_loss
 from project.factory import build_criterion, build_optimization, default_optimizer
+from project.finetuning import BackboneFreeze, optimizer_parameters
 from project.metrics import StageMetrics, build_stage_metrics
 from project.models import build_network
 from project.rng import capture_rng, restore_rng
@@ -25,7 +26,14 @@ class ImageClassifier(L.LightningModule):
     Args:
         num_classes: linked from the data module.
         in_channels: linked from the data module.
-        backbone: ``simple_cnn`` or a torchvision classification model name (resnet18, ...).
+        backbone: ``simple_cnn``, a torchvision classification model name (resnet18, ...), or
+            ``timm/<name>`` with the optional ``timm`` extra.
+        weights: pretrained weights: null (none), ``DEFAULT``, a torchvision weights name
+            (``IMAGENET1K_V1``), a timm pretrained tag, or a .pth/.ckpt/.safetensors file. The head
+            is made anew for the data's classes; the rest must load strictly.
+        freeze_backbone_epochs: train only the classifier head for this many first epochs, with the
+            backbone frozen (its BatchNorm statistics too); then all of it.
+        backbone_lr_scale: the backbone's learning rate as a fraction of the optimizer's (the head's).
         small_input_stem: 3x3 stride-1 stem and no max-pool, for 32 px inputs.
         dropout: dropout rate of the classifier head.
         label_smoothing: cross-entropy label smoothing.
@@ -58,10 +66,16 @@ class ImageClassifier(L.LightningModule):
         num_misclassified_images: int = 16,
         channels_last: bool = False,
         compile: Literal["default", "reduce-overhead", "max-autotune"] | None = None,
+        weights: str | None = None,
+        freeze_backbone_epochs: int = 0,
+        backbone_lr_scale: float = 1.0,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
-        self.net = build_network(backbone, num_classes, in_channels, small_input_stem, dropout, channels_last, compile)
+        self.net = build_network(
+            backbone, num_classes, in_channels, small_input_stem, dropout, channels_last, compile, weights
+        )
+        self.backbone_freeze = BackboneFreeze(self.net, freeze_backbone_epochs)
         self.criterion = build_criterion(label_smoothing)
         self.optimizer_factory = optimizer
         self.scheduler_factory = lr_scheduler
@@ -86,8 +100,12 @@ class ImageClassifier(L.LightningModule):
             self.example_input_array = torch.zeros(1, dm.in_channels, *dm.input_hw)
 
     def configure_optimizers(self):
+        hp = self.hparams
         optimizer, scheduler = build_optimization(
-            self.parameters(), self.optimizer_factory, self.scheduler_factory, self.trainer.estimated_stepping_batches
+            optimizer_parameters(self.net, hp.freeze_backbone_epochs, hp.backbone_lr_scale),
+            self.optimizer_factory,
+            self.scheduler_factory,
+            self.trainer.estimated_stepping_batches,
         )
         if scheduler is None:
             return optimizer
@@ -97,6 +115,7 @@ class ImageClassifier(L.LightningModule):
         # Lightning >= 2.2 keeps whatever mode the model was left in; a model the user put in eval
         # mode would otherwise train with frozen BatchNorm statistics and no dropout.
         self.train()
+        self.backbone_freeze.set_epoch(self.current_epoch)  # from the epoch alone: a resume freezes alike
 
     def _shared_step(self, batch, metrics: StageMetrics, where: Callable[[], str] | None = None) -> Tensor:
         x, y = batch
@@ -164,6 +183,8 @@ class ImageClassifier(L.LightningModule):
         checkpoint["best_val_acc"] = self.val_metrics.best_acc
         checkpoint["class_names"] = list(self.class_names)  # predict needs them, whatever its data module knows
         checkpoint["rng_states"] = capture_rng()  # Dropout's, for a resume that draws what the run would have
+        if (dm := self.trainer.datamodule) is not None:  # what `twinloop export` tells a consumer to do to images
+            checkpoint["preprocessing"] = dm.preprocessing()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.val_metrics.best_acc = checkpoint.get("best_val_acc")

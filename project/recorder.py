@@ -42,7 +42,8 @@ class Recorder:
         def after_step(opt, args, kwargs):
             self.steps += 1
             if self.steps % self.every == 0:
-                self.snapshots.append((self.steps, {k: v.cpu().clone() for k, v in self._state().items()}))
+                tensors = {k: v.cpu().clone() for k, v in self._state().items()}
+                self.snapshots.append((self.steps, {**tensors, **self._groups()}))
 
         self._hooks = [criterion.register_forward_hook(on_loss), optimizer.register_step_post_hook(after_step)]
 
@@ -54,12 +55,27 @@ class Recorder:
         for hook in self._hooks:
             hook.remove()
         state = {k: v.cpu().clone() for k, v in self._state().items()}
-        names = [n for n, _ in self.net.named_parameters()]
+        # the optimizer numbers parameters in the order of its groups, which need not be the network's
+        name_of = {id(p): n for n, p in self.net.named_parameters()}
+        names = [name_of[id(p)] for group in self.optimizer.param_groups for p in group["params"]]
         for index, slots in self.optimizer.state_dict()["state"].items():
             for slot, value in slots.items():
                 if isinstance(value, Tensor):
                     state[f"optimizer.{names[index]}.{slot}"] = value.detach().float().cpu().clone()
+        state.update(self._groups())
         self.final = state
+
+    def _groups(self) -> dict[str, Tensor]:
+        """The optimizer's parameter groups: each numeric setting (lr, momentum, weight decay, ...)
+        and the positions of its parameters in the network, as tensors, so groups are compared too."""
+        position = {id(p): i for i, p in enumerate(self.net.parameters())}
+        tensors = {}
+        for g, group in enumerate(self.optimizer.param_groups):
+            tensors[f"param_groups.{g}.params"] = torch.tensor([position[id(p)] for p in group["params"]])
+            for key, value in group.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    tensors[f"param_groups.{g}.{key}"] = torch.tensor(float(value), dtype=torch.float64)
+        return tensors
 
     def _state(self) -> dict[str, Tensor]:
         tensors = {f"param.{k}": v.detach() for k, v in self.net.named_parameters()}

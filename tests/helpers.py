@@ -3,6 +3,8 @@
 from pathlib import Path
 
 import numpy as np
+import torch
+import torchvision
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
@@ -62,3 +64,15 @@ def make_image_folder(root: Path, classes=("circles", "squares", "stripes"), per
             mode, ext, size = MODES[i % len(MODES)]
             write_image(root / name / f"{name}_{i}{ext}", c, size, mode)
     return root
+
+
+def place_torchvision_weights(torch_home: Path, backbone: str = "resnet18", seed: int = 0) -> dict:
+    """A weights file of the right architecture, under the name torchvision expects in torch.hub's cache
+    (``$TORCH_HOME/hub/checkpoints/<file name of the weights' url>``); returns its state dict."""
+    url = torchvision.models.get_model_weights(backbone).DEFAULT.url
+    path = torch_home / "hub" / "checkpoints" / Path(url).name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    state = torchvision.models.get_model(backbone, weights=None).state_dict()
+    torch.save(state, path)
+    return state

@@ -35,7 +35,11 @@ class ImageDataModule(L.LightningDataModule):
             ``root/train/<class>/*`` + ``root/val/<class>/*`` or ``root/<class>/*``.
         batch_size: images per batch, for every stage.
         val_fraction: held out with a seeded split when the data set has no validation split.
-        image_size: resize to this square size (file images); null keeps the native size.
+        image_size: resize to this square size (file images); null keeps the native size. With
+            ``crop_size``: the shorter side is resized to it, then the centre crop is taken.
+        crop_size: centre crop of this square size after resizing (image folders); null: none.
+        mean: per-channel mean to normalize with instead of the data set's own (null: its own).
+        std: per-channel std to go with ``mean``.
         augment: random crop with padding + horizontal flip, on train batches only.
         num_workers: DataLoader worker processes (and for decoding the splits once, with ``device_cache``).
         device_cache: hold every split in device memory as uint8 and batch it by slicing, with
@@ -67,8 +71,15 @@ class ImageDataModule(L.LightningDataModule):
         fake_image_shape: tuple[int, int, int] = (3, 32, 32),
         fake_num_classes: int = 10,
         on_bad_file: OnBadFile = "error",
+        crop_size: int | None = None,
+        mean: list[float] | None = None,
+        std: list[float] | None = None,
     ):
         super().__init__()
+        if (mean is None) != (std is None):
+            raise ConfigError("data.mean and data.std go together: set both or neither")
+        if crop_size is not None and dataset != "imagefolder":
+            raise ConfigError(f"data.crop_size is for image folders; data.dataset={dataset} keeps its own size")
         if not 0.0 < val_fraction < 1.0:
             raise ConfigError(f"data.val_fraction must be between 0 and 1, got {val_fraction}")
         if batch_size < 1:
@@ -90,8 +101,19 @@ class ImageDataModule(L.LightningDataModule):
         self.fake_image_shape = tuple(fake_image_shape)
         self.fake_num_classes = fake_num_classes
         self.on_bad_file = on_bad_file
+        self.crop_size = crop_size
+        stats = (tuple(mean), tuple(std)) if mean is not None else None
         options = SourceOptions(
-            self.root, image_size, val_fraction, seed, fake_size, self.fake_image_shape, fake_num_classes, on_bad_file
+            self.root,
+            image_size,
+            val_fraction,
+            seed,
+            fake_size,
+            self.fake_image_shape,
+            fake_num_classes,
+            on_bad_file,
+            crop_size,
+            stats,
         )
         self.source = build_source(dataset, options)  # stores arguments only: no file is read yet
         self.train_set: Dataset | None = None
@@ -138,6 +160,21 @@ class ImageDataModule(L.LightningDataModule):
         """(H, W) of the images the model sees. Without ``image_size``, an image folder's images
         must share one size (checked over every file under root; the error says what to set)."""
         return self.source.input_hw
+
+    def preprocessing(self) -> dict:
+        """What an image goes through before the model, for whoever feeds it outside this project
+        (checkpoints and the export's sidecar keep it): resize (shorter side when there is a crop,
+        else to a square; null: none), crop, the input size and channels, and the mean and std."""
+        resize, crop = self.source.new_image_geometry()
+        mean, std = self.normalization()
+        return {
+            "input_size": list(self.input_hw),
+            "channels": self.in_channels,
+            "resize": list(resize) if isinstance(resize, tuple) else resize,
+            "crop": crop,
+            "mean": list(mean),
+            "std": list(std),
+        }
 
     @property
     def resize_hw(self) -> tuple[int, int] | None:

@@ -45,7 +45,7 @@ class DigitsData(DataSource):
     def class_names(self) -> list[str]:
         return [str(i) for i in range(10)]
 
-    def normalization(self) -> Stats:
+    def own_normalization(self) -> Stats:
         if self._stats is None:
             images, labels = digits_tensors()
             train, _ = seeded_split(TensorDataset(images, labels), self.val_fraction, self.seed)

@@ -32,7 +32,7 @@ class FakeData(DataSource):
     def input_hw(self) -> tuple[int, int]:
         return tuple(self.image_shape[1:])
 
-    def normalization(self) -> Stats:
+    def own_normalization(self) -> Stats:
         return ((0.5,) * self.channels, (0.2887,) * self.channels)  # uniform on [0, 1]: std 1/sqrt(12)
 
     def full_train(self, raw: bool = False) -> tvd.FakeData:

@@ -70,9 +70,11 @@ class ImageFolderData(DataSource):
         val_fraction: float = 0.2,
         seed: int = 42,
         on_bad_file: OnBadFile = "error",
+        crop_size: int | None = None,
     ):
         self.root = root
         self.image_size = image_size
+        self.crop_size = crop_size
         self.val_fraction = val_fraction
         self.seed = seed
         self.on_bad_file = on_bad_file
@@ -82,7 +84,9 @@ class ImageFolderData(DataSource):
 
     @classmethod
     def from_options(cls, options: SourceOptions) -> ImageFolderData:
-        return cls(options.root, options.image_size, options.val_fraction, options.seed, options.on_bad_file)
+        return cls(
+            options.root, options.image_size, options.val_fraction, options.seed, options.on_bad_file, options.crop_size
+        )
 
     def train_dir(self) -> Path:
         """``root/train`` when there is one, else ``root``; a clear error when it holds no class folders."""
@@ -135,7 +139,10 @@ class ImageFolderData(DataSource):
 
     @property
     def input_hw(self) -> tuple[int, int]:
-        """``image_size`` square, or else the one size of every usable file under root (train, val and test)."""
+        """``crop_size`` or ``image_size`` square, or else the one size of every usable file under root
+        (train, val and test)."""
+        if self.crop_size is not None:
+            return (self.crop_size, self.crop_size)
         if self.image_size is not None:
             return (self.image_size, self.image_size)
         if self._hw is None:
@@ -144,18 +151,29 @@ class ImageFolderData(DataSource):
 
     @property
     def declared_hw(self) -> tuple[int, int] | None:
-        return self.resize_hw
+        return (self.crop_size, self.crop_size) if self.crop_size else self.resize_hw
 
     @property
     def resize_hw(self) -> tuple[int, int] | None:
-        return (self.image_size, self.image_size) if self.image_size else None
+        return (self.image_size, self.image_size) if self.image_size and not self.crop_size else None
 
-    def normalization(self) -> Stats:
+    def _geometry(self) -> tuple[tuple[int, int] | int | None, int | None]:
+        """(resize, crop): with ``crop_size``, the shorter side to ``image_size`` and a centre crop (as
+        pretrained weights expect); else ``image_size`` square."""
+        if self.crop_size is not None:
+            return self.image_size, self.crop_size
+        return self.resize_hw, None
+
+    def new_image_geometry(self) -> tuple[tuple[int, int] | int, int | None]:
+        return (self.image_size, self.crop_size) if self.crop_size else (self.input_hw, None)
+
+    def own_normalization(self) -> Stats:
         if self._stats is None:
             train = self._train_part(self._folder(self.train_dir()))
             samples = [train.dataset.samples[i] for i in train.indices] if isinstance(train, Subset) else train.samples
             files = [Path(path) for path, _ in samples]
-            self._stats = imagefolder_stats(files, image_transform(None, self.resize_hw))
+            size, crop = self._geometry()
+            self._stats = imagefolder_stats(files, image_transform(None, size, crop=crop))
         return self._stats
 
     def full_train(self, raw: bool = False) -> ScannedImageFolder:
@@ -196,4 +214,5 @@ class ImageFolderData(DataSource):
         return full if self._val_dir() is not None else seeded_split(full, self.val_fraction, self.seed)[0]
 
     def _transform(self, raw: bool) -> Callable:
-        return image_transform(self.normalization(), self.resize_hw, raw=raw)
+        size, crop = self._geometry()
+        return image_transform(self.normalization(), size, raw=raw, crop=crop)

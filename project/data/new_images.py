@@ -57,5 +57,6 @@ def new_images(folder: Path | None, source: DataSource, on_bad_file: OnBadFile =
         raise UserPathError(f"data.predict_root: no usable images in {folder}")
     # The model's input size, not resize_hw: an image folder of one native size has no resize_hw,
     # but new files of other sizes must still come out at that size.
-    transform = image_transform(source.normalization(), source.input_hw)
+    size, crop = source.new_image_geometry()
+    transform = image_transform(source.normalization(), size, crop=crop)
     return FileListDataset(paths, transform, gray=source.channels == 1)

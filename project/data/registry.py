@@ -28,4 +28,13 @@ def build_source(name: str, options: SourceOptions) -> DataSource:
     """The source for a ``data.dataset`` name."""
     if name not in SOURCES:
         raise ConfigError(f"data.dataset: unknown data set {name!r}; choose one of {', '.join(SOURCES)}")
-    return SOURCES[name].from_options(options)
+    source = SOURCES[name].from_options(options)
+    if options.stats is not None:
+        mean, std = options.stats
+        if len(mean) != source.channels or len(std) != source.channels:
+            raise ConfigError(
+                f"data.mean and data.std need {source.channels} values for {name} images, "
+                f"got {list(mean)} and {list(std)}"
+            )
+        source.fixed_stats = (tuple(mean), tuple(std))
+    return source

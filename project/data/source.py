@@ -25,6 +25,8 @@ class SourceOptions:
     fake_image_shape: tuple[int, int, int]
     fake_num_classes: int
     on_bad_file: OnBadFile = "error"  # image folders' (see ImageDataModule)
+    crop_size: int | None = None  # image folders'
+    stats: Stats | None = None  # (mean, std) that replace the data set's own
 
 
 class DataSource(ABC):
@@ -34,6 +36,7 @@ class DataSource(ABC):
     """
 
     channels: int  # of the tensors the model gets
+    fixed_stats: Stats | None = None  # set from the config (pretrained weights' mean and std): used instead
 
     @classmethod
     @abstractmethod
@@ -63,9 +66,17 @@ class DataSource(ABC):
     def prepare(self) -> None:  # noqa: B027 - most data sets have nothing to fetch or check
         """Download or check the data; runs before any run directory exists."""
 
-    @abstractmethod
     def normalization(self) -> Stats:
-        """Per-channel (mean, std) that the datasets are normalized with."""
+        """Per-channel (mean, std) that the datasets are normalized with: the config's, or the data set's own."""
+        return self.fixed_stats if self.fixed_stats is not None else self.own_normalization()
+
+    @abstractmethod
+    def own_normalization(self) -> Stats:
+        """The data set's own per-channel (mean, std)."""
+
+    def new_image_geometry(self) -> tuple[tuple[int, int] | int, int | None]:
+        """(resize, crop) for new images given to ``predict``: the model's input size, uncropped."""
+        return self.input_hw, None
 
     def to_model_input(self, x: Tensor) -> Tensor:
         """A (B, C, H, W) batch from a ``raw`` dataset made into exactly what the normalized datasets

@@ -40,7 +40,7 @@ class TorchvisionData(DataSource):
         for train in (True, False):
             download_torchvision(self.dataset_class, self.root, train=train, name=self.name)
 
-    def normalization(self) -> Stats:
+    def own_normalization(self) -> Stats:
         return (self.mean, self.std)
 
     def full_train(self, raw: bool = False) -> tvd.VisionDataset:

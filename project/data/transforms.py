@@ -14,12 +14,17 @@ from torchvision.transforms.v2 import functional as F
 Stats = tuple[tuple[float, ...], tuple[float, ...]]
 
 
-def image_transform(stats: Stats | None, size: tuple[int, int] | None = None, raw: bool = False) -> v2.Compose:
-    """PIL image -> (C, H, W) tensor, resized to ``size``; then, unless ``raw`` (uint8 as decoded),
+def image_transform(
+    stats: Stats | None, size: tuple[int, int] | int | None = None, raw: bool = False, crop: int | None = None
+) -> v2.Compose:
+    """PIL image -> (C, H, W) tensor, resized to ``size`` ((H, W), or an int for the shorter side)
+    and centre-cropped to ``crop`` x ``crop`` when given; then, unless ``raw`` (uint8 as decoded),
     float in [0, 1] normalized with ``stats`` when given."""
     steps = [v2.ToImage()]
     if size is not None:
         steps.append(v2.Resize(size, antialias=True))
+    if crop is not None:
+        steps.append(v2.CenterCrop(crop))
     if raw:
         return v2.Compose(steps)
     steps.append(v2.ToDtype(torch.float32, scale=True))

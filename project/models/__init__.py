@@ -1,13 +1,17 @@
-"""Networks by name: ``simple_cnn`` or any torchvision classification model."""
+"""Networks by name: ``simple_cnn``, any torchvision classification model, or ``timm/<name>``
+(with the optional ``timm`` extra); from scratch or from pretrained weights."""
 
 import torch
 import torchvision
 from torch import nn
 
 from project.errors import ConfigError
+from project.models.pretrained import fetch_torchvision_state, is_weights_file, load_pretrained, read_weights_file
 from project.models.simple_cnn import SimpleCNN
 
 __all__ = ["SimpleCNN", "build_network", "available_backbones"]
+
+TIMM_PREFIX = "timm/"
 
 
 def available_backbones() -> list[str]:
@@ -22,10 +26,19 @@ def build_network(
     dropout: float = 0.0,
     channels_last: bool = False,
     compile_mode: str | None = None,
+    weights: str | None = None,
 ) -> nn.Module:
-    """Build a freshly initialised classifier network (no pretrained weights: nothing is downloaded),
+    """Build a classifier network, freshly initialised or from pretrained ``weights`` (``DEFAULT``, a
+    torchvision weights name, or a .pth/.ckpt/.safetensors file) with a new head for ``num_classes``;
     in channels-last memory format and compiled (in place, so its state_dict keys stay) if asked."""
-    net = _architecture(backbone, num_classes, in_channels, small_input_stem, dropout)
+    if backbone.startswith(TIMM_PREFIX):
+        from project.models.timm_backbones import build_timm_network
+
+        net = build_timm_network(backbone.removeprefix(TIMM_PREFIX), num_classes, in_channels, dropout, weights)
+    else:
+        net = _architecture(backbone, num_classes, in_channels, small_input_stem, dropout)
+        if weights is not None:
+            _load_weights(net, backbone, weights, small_input_stem)
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
     if compile_mode is not None:
@@ -33,12 +46,30 @@ def build_network(
     return net
 
 
+def _load_weights(net: nn.Module, backbone: str, weights: str, small_input_stem: bool) -> None:
+    if is_weights_file(weights):
+        state, source = read_weights_file(weights), weights
+    elif backbone == "simple_cnn":
+        raise ConfigError(
+            "model.weights: simple_cnn has no pretrained weights; give a .pth/.ckpt file or a torchvision backbone"
+        )
+    else:
+        state, source = fetch_torchvision_state(backbone, weights)
+    # the 3x3 stem of small inputs has no pretrained counterpart: it starts afresh
+    fresh = (_stem_name(net),) if small_input_stem else ()
+    load_pretrained(net, state, source, fresh)
+
+
+def _stem_name(net: nn.Module) -> str:
+    return next(n for n, m in net.named_modules() if isinstance(m, nn.Conv2d))
+
+
 def _architecture(backbone: str, num_classes: int, in_channels: int, small_input_stem: bool, dropout: float):
     if backbone == "simple_cnn":
         return SimpleCNN(num_classes=num_classes, in_channels=in_channels, dropout=dropout)
     if backbone not in torchvision.models.list_models(module=torchvision.models):
         raise ConfigError(
-            f"Unknown backbone {backbone!r}: use 'simple_cnn' or a torchvision classification model "
+            f"Unknown backbone {backbone!r}: use 'simple_cnn', timm/<name> or a torchvision classification model "
             f"such as resnet18, resnet50, mobilenet_v3_small."
         )
     try:  # models with a classifier dropout (MobileNet, EfficientNet, VGG...) take the rate

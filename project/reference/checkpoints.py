@@ -26,6 +26,7 @@ def checkpoint_dict(model: ImageClassifier, datamodule, optimizer, scheduler, ep
         "lr_schedulers": [scheduler.state_dict()] if scheduler is not None else [],
         "best_val_acc": best,
         "class_names": list(model.class_names),
+        "preprocessing": datamodule.preprocessing(),
     }
 
 

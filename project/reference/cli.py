@@ -26,7 +26,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--log_dir", default=None, help="TensorBoard and checkpoint directory")
     opts, rest = parser.parse_known_args(argv)
     with reported_as_exit():
-        run = load_run(rest, Path(opts.log_dir) if opts.log_dir else None)
+        run = load_run(
+            rest, Path(opts.log_dir) if opts.log_dir else None, checkpoint_brings_weights=bool(opts.ckpt_path)
+        )
         ckpt_path = opts.ckpt_path
         if opts.command == "fit" and ckpt_path == "last":  # the newest run's last.ckpt, resumed into that run
             last = newest_last_checkpoint(run.trainer.settings.log_root / "reference")

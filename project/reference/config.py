@@ -19,6 +19,10 @@ from project.reference.trainer import ReferenceTrainer
 class _NoTrainerCLI(TwinloopCLI):
     """Parses and instantiates model and data exactly like ``twinloop``, without a Trainer."""
 
+    def __init__(self, *args, checkpoint_brings_weights: bool = False, **kwargs):
+        self.checkpoint_brings_weights = checkpoint_brings_weights  # read while parsing, in __init__
+        super().__init__(*args, **kwargs)
+
     def instantiate_trainer(self, **kwargs):
         return None
 
@@ -46,12 +50,15 @@ class ReferenceRun:
     trainer: ReferenceTrainer
 
 
-def load_run(args: list[str], log_dir: Path | None = None, callbacks: Sequence = ()) -> ReferenceRun:
+def load_run(
+    args: list[str], log_dir: Path | None = None, callbacks: Sequence = (), checkpoint_brings_weights: bool = False
+) -> ReferenceRun:
     """Parse ``-c CONFIG`` and overrides like ``twinloop`` does, refuse what the reference loop
-    cannot mirror, and build the parts."""
+    cannot mirror, and build the parts. ``checkpoint_brings_weights``: a checkpoint will be loaded,
+    so pretrained weights are not (as ``twinloop`` does under ``--ckpt_path``)."""
     with warnings.catch_warnings():  # it is meant: the arguments come from this command, not sys.argv
         warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter.*")
-        cli = _NoTrainerCLI(args=args, run=False)
+        cli = _NoTrainerCLI(args=args, run=False, checkpoint_brings_weights=checkpoint_brings_weights)
     config = cli.config.as_dict()
     refuse_unsupported(config, cli.parser.get_defaults().as_dict())
     trainer = ReferenceTrainer(TrainerSettings.from_config(config["trainer"]), log_dir, run_hparams(config), callbacks)

@@ -22,6 +22,7 @@ from project.checkpoint_io import atomic_torch_save
 from project.data import ImageDataModule
 from project.errors import check_finite_loss, out_of_memory_hint
 from project.factory import build_optimization, stepping_batches
+from project.finetuning import optimizer_parameters
 from project.metrics import StageMetrics, build_stage_metrics
 from project.module import ImageClassifier
 from project.progress import EvaluationLines, LineProgress, stdout_is_terminal
@@ -89,8 +90,12 @@ class ReferenceTrainer:
         single = model.net.to(s.device)
         net, model.net = data_parallel(single, s.processes, s.device, s.sync_batchnorm)
         self.estimated_stepping_batches = stepping_batches(num_train, s.accumulate_grad_batches, s.max_epochs)
+        hp = model.hparams
         optimizer, scheduler = build_optimization(
-            net.parameters(), model.optimizer_factory, model.scheduler_factory, self.estimated_stepping_batches
+            optimizer_parameters(model.net, hp.freeze_backbone_epochs, hp.backbone_lr_scale),
+            model.optimizer_factory,
+            model.scheduler_factory,
+            self.estimated_stepping_batches,
         )
         self.optimizers = [optimizer]
         train_metrics, val_metrics = (self._metrics(stage, model) for stage in ("train", "val"))
@@ -104,6 +109,8 @@ class ReferenceTrainer:
         lines = self._line_progress(logger.steps)
 
         on_epoch_end = self._epoch_end(model, datamodule, optimizer, scheduler, val_metrics, logger, lines)
+        # fine-tuning: the first epoch frozen or not here, each later one at the end of the one before
+        model.backbone_freeze.set_epoch(first_epoch)
         with out_of_memory_hinted(datamodule.batch_size, s.precision):
             loop.fit(
                 net,
@@ -157,6 +164,7 @@ class ReferenceTrainer:
                 self._save(state, "last.ckpt")
                 if improved:  # like ModelCheckpoint(mode="max"): a tie keeps the earlier best
                     self._save(state, "best.ckpt")
+            model.backbone_freeze.set_epoch(epoch + 1)
 
         return on_epoch_end
 
