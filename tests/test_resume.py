@@ -110,6 +110,6 @@ def test_the_reference_resumes_its_own_and_lightnings_checkpoints_exactly(first_
         ckpt = "cut/lightning_logs/version_0/checkpoints/last.ckpt"
     capsys.readouterr()
     reference_main(["fit", *SCHEDULED, "--trainer.default_root_dir=cut", f"--ckpt_path={ckpt}"])
-    assert "resuming from epoch 2 (step 16)" in capsys.readouterr().out  # not from step 0
+    assert "resuming from epoch 2, batch 0 (step 16)" in capsys.readouterr().out  # not from step 0
     a, b = reference_weights("full"), reference_weights("cut")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

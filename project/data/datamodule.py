@@ -12,11 +12,12 @@ from pathlib import Path
 import lightning as L
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torch.utils.data import DataLoader, Dataset
 
 from project.augment import RandomCropFlip
 from project.data.device_cache import CachedSplit, DeviceBatches
 from project.data.new_images import FileListDataset, new_images
+from project.data.order import EpochOrder, ShuffledSampler
 from project.data.registry import DatasetName, build_source
 from project.data.scan import OnBadFile
 from project.data.source import SourceOptions
@@ -104,6 +105,9 @@ class ImageDataModule(L.LightningDataModule):
         # a resumed run creates its loader afresh where the uninterrupted one reused its persistent
         # workers, and that extra draw must not move the shuffling.
         self.worker_seeds = torch.Generator().manual_seed(seed + 20)
+        # The training order, resumable inside an epoch (see ``continue_epoch``).
+        self.train_order = EpochOrder(self.generators["train"])
+        self._loaded_epoch_start: Tensor | None = None
         self.augmenter = RandomCropFlip(padding=self._padding(), seed=seed + 10) if augment else None
 
     # ---- facts the model is linked to, all from the source ----
@@ -209,13 +213,12 @@ class ImageDataModule(L.LightningDataModule):
         if dataset is None:
             raise RuntimeError(f"{stage} data is not set up: call setup() first")
         if isinstance(dataset, CachedSplit):  # on the device of the latest setup, whoever called it first
-            return DeviceBatches(
-                dataset.to(self.device), self.batch_size, self.source.to_model_input, self.generators[stage], shuffle
-            )
+            order = self.train_order if shuffle else None
+            return DeviceBatches(dataset.to(self.device), self.batch_size, self.source.to_model_input, order)
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            sampler=RandomSampler(dataset, generator=self.generators[stage]) if shuffle else None,
+            sampler=ShuffledSampler(len(dataset), self.train_order, self.batch_size) if shuffle else None,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
@@ -225,6 +228,7 @@ class ImageDataModule(L.LightningDataModule):
     def state_dict(self) -> dict:
         state = {f"generator.{k}": g.get_state() for k, g in self.generators.items()}
         state["worker_seeds"] = self.worker_seeds.get_state()
+        state["train_epoch_start"] = self.train_order.epoch_start  # for a resume inside the epoch
         if self.augmenter is not None:
             state["augmenter"] = self.augmenter.state_dict()
         return state
@@ -235,8 +239,17 @@ class ImageDataModule(L.LightningDataModule):
                 g.set_state(state[f"generator.{k}"])
         if "worker_seeds" in state:
             self.worker_seeds.set_state(state["worker_seeds"])
+        self._loaded_epoch_start = state.get("train_epoch_start")
         if self.augmenter is not None and "augmenter" in state:
             self.augmenter.load_state_dict(state["augmenter"])
+
+    def continue_epoch(self, batches_done: int) -> None:
+        """After ``load_state_dict`` of a checkpoint written inside an epoch, after ``batches_done`` of
+        its training batches: the next training pass is the rest of that epoch, in its order. Call
+        it before the training loader's first pass (with workers, before its iterator exists)."""
+        if self._loaded_epoch_start is None:
+            raise RuntimeError("continue_epoch: the loaded data state has no train_epoch_start")
+        self.train_order.resume(self._loaded_epoch_start, batches_done)
 
     def _padding(self) -> int:
         # 4 px on 32 px images, as in the usual CIFAR recipe; an image folder without image_size

@@ -11,6 +11,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from project.data.order import EpochOrder
+
 
 class CachedSplit:
     """Every (image, label) of one split, decoded once: (N, C, H, W) uint8 and (N,) int64 on ``device``."""
@@ -32,12 +34,14 @@ class CachedSplit:
 
 
 class DeviceBatches:
-    """Batches of a ``CachedSplit``, like a ``DataLoader`` over it with a ``RandomSampler`` on ``generator``.
+    """Batches of a ``CachedSplit``, like a ``DataLoader`` over it with a ``RandomSampler`` whose
+    generator is ``order``'s (``order=None``: in the split's order).
 
     Each pass draws from the generator what that sampler draws, at the same points: the
     permutation and, once the sampler runs dry (forming a smaller last batch, or asked for one past
     the last whole batch), a second permutation it throws away. So both paths visit the samples in
-    the same order, epoch after epoch, and leave the generator in the same state.
+    the same order, epoch after epoch, and leave the generator in the same state. A pass that
+    resumes an interrupted epoch starts at the batch ``order`` says.
     """
 
     def __init__(
@@ -45,23 +49,22 @@ class DeviceBatches:
         split: CachedSplit,
         batch_size: int,
         to_model_input: Callable[[Tensor], Tensor],
-        generator: torch.Generator,
-        shuffle: bool = False,
+        order: EpochOrder | None = None,
     ):
-        self.split, self.batch_size, self.to_model_input = split, batch_size, to_model_input
-        self.generator, self.shuffle = generator, shuffle
+        self.split, self.batch_size, self.to_model_input, self.order = split, batch_size, to_model_input, order
 
     def __len__(self) -> int:
         return math.ceil(len(self.split) / self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        n = len(self.split)
-        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
-        order = order.to(self.split.labels.device)
-        for start in range(0, n, self.batch_size):
-            if self.shuffle and start + self.batch_size > n:
-                torch.randperm(n, generator=self.generator)  # the sampler running dry
-            index = order[start : start + self.batch_size]
+        n, order = len(self.split), self.order
+        indices = order.permutation(n) if order is not None else torch.arange(n)
+        indices = indices.to(self.split.labels.device)
+        first = order.take_skip() * self.batch_size if order is not None else 0
+        for start in range(first, n, self.batch_size):
+            if order is not None and start + self.batch_size > n:
+                order.run_dry(n)  # the sampler running dry
+            index = indices[start : start + self.batch_size]
             yield self.to_model_input(self.split.images[index]), self.split.labels[index]
-        if self.shuffle and n % self.batch_size == 0:
-            torch.randperm(n, generator=self.generator)  # asked past the last whole batch: the sampler runs dry
+        if order is not None and n % self.batch_size == 0:
+            order.run_dry(n)  # asked past the last whole batch: the sampler runs dry

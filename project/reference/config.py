@@ -40,5 +40,7 @@ def load_run(args: list[str], log_dir: Path | None = None, callbacks: Sequence =
         cli = _NoTrainerCLI(args=args, run=False)
     config = cli.config.as_dict()
     refuse_unsupported(config, cli.parser.get_defaults().as_dict())
-    trainer = ReferenceTrainer(TrainerSettings.from_config(config["trainer"]), log_dir, run_hparams(config), callbacks)
+    requeue_signal = (config.get("preemption") or {}).get("requeue_signal", "SIGUSR1")
+    settings = TrainerSettings.from_config(config["trainer"])
+    trainer = ReferenceTrainer(settings, log_dir, run_hparams(config), callbacks, requeue_signal)
     return ReferenceRun(cli.model, cli.datamodule, trainer)

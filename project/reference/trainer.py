@@ -9,6 +9,8 @@ module's factories, TensorBoard logging, checkpoints and progress bars.
 from __future__ import annotations
 
 import os
+import signal
+import sys
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,6 +25,7 @@ from project.errors import check_finite_loss, out_of_memory_hint
 from project.factory import build_optimization, stepping_batches
 from project.metrics import StageMetrics, build_stage_metrics
 from project.module import ImageClassifier
+from project.preemption import Preempted, StopSignals, requeue, slurm_job_id, stop_message
 from project.reference import loop
 from project.reference.checkpoints import checkpoint_dict, load_checkpoint
 from project.reference.logger import ReferenceLogger, next_version_dir
@@ -47,8 +50,11 @@ class ReferenceTrainer:
         log_dir: Path | None = None,
         hparams: dict | None = None,
         callbacks: Sequence = (),
+        requeue_signal: str = "SIGUSR1",
     ):
         self.settings = settings
+        # under SLURM: the signal that writes a checkpoint and requeues the job (SIGTERM and SIGINT stop it)
+        self.requeue_signal = signal.Signals[requeue_signal] if slurm_job_id() is not None else None
         self._log_dir = log_dir
         self.hparams = hparams or {}
         self.callbacks = list(callbacks)
@@ -69,7 +75,10 @@ class ReferenceTrainer:
 
     def fit(self, model: ImageClassifier, datamodule: ImageDataModule, ckpt_path: str | None = None) -> None:
         """Train and validate with the reference loop; checkpoints go to ``log_dir/checkpoints``.
-        With ``ckpt_path`` (an epoch-end checkpoint of either loop), go on from the epoch after it."""
+        With ``ckpt_path`` (a checkpoint of either loop), go on from the batch after it.
+
+        SIGTERM, SIGINT (and under SLURM the requeue signal) stop training at the next optimizer
+        step with ``last.ckpt``, then exit with 128 + the signal (``project.preemption``)."""
         s = self.settings
         self._setup(model, datamodule, "fit")
         checkpoint = load_checkpoint(model, ckpt_path) if ckpt_path is not None else None
@@ -87,12 +96,21 @@ class ReferenceTrainer:
         logger.log_hparams(self.hparams)
         logger.watch(net, optimizer)
         self._call("on_train_start", model)
-        first_epoch = (
-            self._resume(checkpoint, model, datamodule, optimizer, scheduler, val_metrics, logger) if checkpoint else 0
+        first_epoch, first_batch = (
+            self._resume(checkpoint, model, datamodule, optimizer, scheduler, val_metrics, logger)
+            if checkpoint
+            else (0, 0)
         )
 
-        on_epoch_end = self._epoch_end(model, datamodule, optimizer, scheduler, val_metrics, logger)
-        with out_of_memory_hinted(datamodule.batch_size, s.precision):
+        signals = StopSignals(requeue_signal=self.requeue_signal)
+
+        def state() -> dict:
+            best = val_metrics.best_acc
+            return checkpoint_dict(model, datamodule, optimizer, scheduler, logger.epoch, logger.steps, best)
+
+        on_step = self._stop_at_step(signals, logger, state, num_train, first_batch)
+        on_epoch_end = self._epoch_end(model, datamodule, optimizer, scheduler, val_metrics, logger, signals)
+        with signals, out_of_memory_hinted(datamodule.batch_size, s.precision), closed_on_error(logger):
             loop.fit(
                 net,
                 self._progress(train_loader, "train", num_train),
@@ -104,6 +122,7 @@ class ReferenceTrainer:
                 val_metrics,
                 max_epochs=s.max_epochs,
                 first_epoch=first_epoch,
+                first_batch=first_batch,
                 num_train_batches=num_train,
                 num_val_batches=num_val,
                 precision=s.precision,
@@ -116,12 +135,41 @@ class ReferenceTrainer:
                 gradient_clip_val=s.gradient_clip_val,
                 gradient_clip_algorithm=s.gradient_clip_algorithm,
                 augment=datamodule.augmenter,
-                on_step=logger.on_step,
+                on_step=on_step,
             )
         self._call("on_train_end", model)
         logger.close()
 
-    def _epoch_end(self, model, datamodule, optimizer, scheduler, val_metrics, logger):
+    def _stop_at_step(self, signals: StopSignals, logger: ReferenceLogger, state, num_train: int, first_batch: int):
+        """What follows each optimizer step: logging, and on a stop signal a checkpoint that holds the
+        position in the epoch, then the exit. (Not in the epoch's last step: its end has a checkpoint
+        of its own.)"""
+        every = self.settings.accumulate_grad_batches
+        epoch_start = {"epoch": logger.epoch, "step": logger.steps - first_batch // every}
+
+        def on_step(loss: torch.Tensor) -> None:
+            logger.on_step(loss)
+            if epoch_start["epoch"] != logger.epoch:  # a new epoch began
+                epoch_start.update(epoch=logger.epoch, step=logger.steps - 1)
+            done = (logger.steps - epoch_start["step"]) * every
+            if signals.received is None or done >= num_train:
+                return
+            checkpoint = {**state(), "mid_epoch": {"batches_done": done}}
+            if self.settings.enable_checkpointing:
+                self._save(checkpoint, "last.ckpt")
+            where = f"at epoch {logger.epoch}, batch {done - 1} (step {logger.steps})"
+            self._stop(signals, where, self.settings.enable_checkpointing)
+
+        return on_step
+
+    def _stop(self, signals: StopSignals, where: str, written: bool) -> None:
+        if signals.requeue_requested:
+            requeue(slurm_job_id())
+        path = self.log_dir / "checkpoints" / "last.ckpt" if written else None
+        print(stop_message(signals.received, path, where), file=sys.stderr, flush=True)
+        raise Preempted(signals.received)
+
+    def _epoch_end(self, model, datamodule, optimizer, scheduler, val_metrics, logger, signals: StopSignals):
         """What follows each epoch, as Lightning's hooks and callbacks do it: the loss check, the best
         score, logging, the callbacks, and the checkpoints (before the epoch's scheduler step)."""
 
@@ -140,24 +188,32 @@ class ReferenceTrainer:
                 self._save(state, "last.ckpt")
                 if improved:  # like ModelCheckpoint(mode="max"): a tie keeps the earlier best
                     self._save(state, "best.ckpt")
+            if signals.received is not None and epoch + 1 < self.settings.max_epochs:
+                self._stop(signals, f"after epoch {epoch}", self.settings.enable_checkpointing)
 
         return on_epoch_end
 
-    def _resume(self, checkpoint: dict, model, datamodule, optimizer, scheduler, val_metrics, logger) -> int:
-        """Load the training state of an epoch-end checkpoint; returns the epoch to go on with."""
+    def _resume(self, checkpoint: dict, model, datamodule, optimizer, scheduler, val_metrics, logger) -> tuple:
+        """Load the training state of a checkpoint of either loop, written at an epoch's end or inside
+        it (``mid_epoch``); returns the epoch and the batch to go on with."""
+        batches_done = checkpoint.get("mid_epoch", {}).get("batches_done", 0)
         optimizer.load_state_dict(checkpoint["optimizer_states"][0])
         if scheduler is not None:
             scheduler.load_state_dict(checkpoint["lr_schedulers"][0])
-            if model.scheduler_interval == "epoch" and scheduler.last_epoch == checkpoint["epoch"]:
+            at_epoch_end = not batches_done and scheduler.last_epoch == checkpoint["epoch"]
+            if model.scheduler_interval == "epoch" and at_epoch_end:
                 scheduler.step()  # saved before its epoch's step (the reference's are; Lightning's last.ckpt is after)
         datamodule.load_state_dict(checkpoint.get(type(datamodule).__qualname__, {}))
+        if batches_done:
+            datamodule.continue_epoch(batches_done)  # the next training pass is the rest of that epoch
         val_metrics.best_acc = checkpoint.get("best_val_acc")
-        logger.steps, logger.epoch = checkpoint["global_step"], checkpoint["epoch"] + 1
+        epoch = checkpoint["epoch"] + (0 if batches_done else 1)
+        logger.steps, logger.epoch = checkpoint["global_step"], epoch
         logger.pictures.inputs_logged = True  # the run logged them before
         if "rng_states" in checkpoint:  # last: nothing may draw between here and the first batch
             restore_rng(checkpoint["rng_states"])
-        print(f"resuming from epoch {checkpoint['epoch'] + 1} (step {checkpoint['global_step']})")
-        return checkpoint["epoch"] + 1
+        print(f"resuming from epoch {epoch}, batch {batches_done} (step {checkpoint['global_step']})")
+        return epoch, batches_done
 
     def validate(self, model: ImageClassifier, datamodule: ImageDataModule, ckpt_path: str | None = None) -> dict:
         """Validation metrics of ``model`` (or of the weights in ``ckpt_path``), logged at step 0."""
@@ -232,6 +288,16 @@ class ProgressBar:
 
     def __iter__(self):
         yield from tqdm(self.iterable, desc=self.desc, leave=False, total=self.total)
+
+
+@contextmanager
+def closed_on_error(logger: ReferenceLogger) -> Iterator[None]:
+    """The logger's events flushed and its hooks removed when training stops on an error or a signal."""
+    try:
+        yield
+    except BaseException:
+        logger.close()
+        raise
 
 
 @contextmanager
