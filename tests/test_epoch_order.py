@@ -1,4 +1,4 @@
-"""The resumable training order (RandomSampler's draws, an interrupted epoch's remaining batches) and the stop signals."""
+"""The resumable training order (RandomSampler's draws, the rest of an interrupted epoch) and stop signals."""
 
 import os
 import signal
@@ -44,6 +44,7 @@ def test_a_resumed_epoch_yields_the_batches_not_yet_taken():
 def test_a_data_module_resumed_inside_an_epoch_gives_the_rest_of_it(device_cache):
     """The data state after 3 of an epoch's batches, loaded into a fresh data module with continue_epoch(3):
     its next training pass is batches 3.. of that epoch and the pass after it the next epoch, on both data paths."""
+
     def data_module() -> ImageDataModule:
         dm = ImageDataModule(batch_size=100, augment=True, device_cache=device_cache, seed=7)
         dm.setup("fit")
