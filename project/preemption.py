@@ -122,11 +122,14 @@ class StopSignals:
         self.close()
 
 
-def stop_message(signum: int, written: Path | None, where: str) -> str:
-    name = signal.Signals(signum).name
-    if written is None:
-        return f"{name}: stopped {where}, no new checkpoint; exit {128 + signum}"
-    return f"{name}: checkpoint {written} written {where}; exit {128 + signum}; resume with --ckpt_path last"
+def stop_message(signum: int, checkpoint: Path | None, where: str, new: bool = True) -> str:
+    """What a stop says: where it stopped, and the checkpoint a restart goes on from."""
+    name, code = signal.Signals(signum).name, 128 + signum
+    if checkpoint is None:
+        return f"{name}: stopped {where}, no checkpoint; exit {code}"
+    if not new:
+        return f"{name}: stopped {where}, {checkpoint} kept; exit {code}; resume with --ckpt_path last"
+    return f"{name}: checkpoint {checkpoint} written {where}; exit {code}; resume with --ckpt_path last"
 
 
 class Preemption(Callback):
@@ -159,7 +162,7 @@ class Preemption(Callback):
         # ends the run at the next batch with exit status 0 and no checkpoint.
         self.signals.install()
         if self._stop_asked(trainer):
-            self._stop(trainer, None, "before training")
+            self._stop(trainer, None, "before training", fresh=False)
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # A signal during an epoch's last batch, its validation or its checkpoints: last.ckpt now
@@ -212,26 +215,29 @@ class Preemption(Callback):
             asked = trainer.strategy.reduce_boolean_decision(asked, all=False)
         return asked
 
-    def _stop(self, trainer: L.Trainer, batches_done: int | None, where: str) -> None:
-        """Write last.ckpt inside the epoch (``batches_done`` of its batches trained on; None: the
-        epoch's end, which has written it) and requeue; the exit follows."""
+    def _stop(self, trainer: L.Trainer, batches_done: int | None, where: str, fresh: bool = True) -> None:
+        """Stop with last.ckpt: written here, inside an epoch after ``batches_done`` of its batches, or
+        (None) the one already there (``fresh``: the epoch's end just wrote it); requeue; then exit."""
         signum = self.signals.received or signal.SIGTERM  # another rank's signal
+        if batches_done is not None and trainer.world_size > 1:
+            # Lightning hands each process its share of the order (a DistributedSampler), so the
+            # position inside an epoch is not one number: the restart redoes the epoch instead.
+            where += f"; with several processes the restart redoes epoch {trainer.current_epoch}"
+            batches_done, fresh = None, False
         latest = next((c for c in trainer.checkpoint_callbacks if isinstance(c, LatestCheckpoint)), None)
-        written = None
-        if latest is not None and latest.dirpath is not None:
-            written = Path(latest.dirpath) / f"{latest.filename}{latest.FILE_EXTENSION}"
-            if batches_done is not None:
-                self._batches_done = batches_done
-                try:
-                    trainer.save_checkpoint(written)
-                finally:
-                    self._batches_done = None
-            elif not written.exists():
-                written = None
+        path = Path(latest.dirpath) / f"{latest.filename}{latest.FILE_EXTENSION}" if latest and latest.dirpath else None
+        if path is not None and batches_done is not None:
+            self._batches_done = batches_done
+            try:
+                trainer.save_checkpoint(path)
+            finally:
+                self._batches_done = None
+        elif path is not None and not path.exists():
+            path = None
         if self.signals.requeue_requested and trainer.is_global_zero:
             requeue(slurm_job_id())
-        self._leaving = (signum, stop_message(signum, written, where) if trainer.is_global_zero else None)
-        if batches_done is None:
+        self._leaving = (signum, stop_message(signum, path, where, fresh) if trainer.is_global_zero else None)
+        if batches_done is None:  # else the exit waits for Lightning to log this step
             self._leave(*self._leaving)
 
     def _leave(self, signum: int, message: str | None) -> None:
