@@ -161,6 +161,7 @@ class ImageClassifier(L.LightningModule):
         checkpoint["best_val_acc"] = self.val_metrics.best_acc
         checkpoint["class_names"] = list(self.class_names)  # predict needs them, whatever its data module knows
         checkpoint["rng_states"] = capture_rng()  # Dropout's, for a resume that draws what the run would have
+        checkpoint["train_metrics"] = self.train_metrics.running_state()  # the epoch so far, for a resume inside it
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.val_metrics.best_acc = checkpoint.get("best_val_acc")
@@ -168,6 +169,8 @@ class ImageClassifier(L.LightningModule):
             self.class_names = list(checkpoint["class_names"])
         if "rng_states" in checkpoint:
             restore_rng(checkpoint["rng_states"])
+        if "mid_epoch" in checkpoint and "train_metrics" in checkpoint:
+            self.train_metrics.load_running_state(checkpoint["train_metrics"])
 
     def _writer(self):
         """The TensorBoard writer for pictures: rank 0 of a run with a data module's statistics."""

@@ -78,7 +78,8 @@ def train_one_epoch(
     stops it before its gradients reach the weights. A resumed epoch starts at ``first_batch``
     (the loader starts there too)."""
     model.train()
-    metrics.reset()
+    if first_batch == 0:  # a resumed epoch goes on with the sums its checkpoint held
+        metrics.reset()
     for i, (x, y) in enumerate(batches(loader, device, num_batches - first_batch), start=first_batch):
         if augment is not None:
             x = augment(x)

@@ -97,7 +97,7 @@ class ReferenceTrainer:
         logger.watch(net, optimizer)
         self._call("on_train_start", model)
         first_epoch, first_batch = (
-            self._resume(checkpoint, model, datamodule, optimizer, scheduler, val_metrics, logger)
+            self._resume(checkpoint, model, datamodule, optimizer, scheduler, (train_metrics, val_metrics), logger)
             if checkpoint
             else (0, 0)
         )
@@ -106,7 +106,8 @@ class ReferenceTrainer:
 
         def state() -> dict:
             best = val_metrics.best_acc
-            return checkpoint_dict(model, datamodule, optimizer, scheduler, logger.epoch, logger.steps, best)
+            state = checkpoint_dict(model, datamodule, optimizer, scheduler, logger.epoch, logger.steps, best)
+            return {**state, "train_metrics": train_metrics.running_state()}
 
         on_step = self._stop_at_step(signals, logger, state, num_train, first_batch)
         on_epoch_end = self._epoch_end(model, datamodule, optimizer, scheduler, val_metrics, logger, signals)
@@ -193,7 +194,7 @@ class ReferenceTrainer:
 
         return on_epoch_end
 
-    def _resume(self, checkpoint: dict, model, datamodule, optimizer, scheduler, val_metrics, logger) -> tuple:
+    def _resume(self, checkpoint: dict, model, datamodule, optimizer, scheduler, metrics, logger) -> tuple:
         """Load the training state of a checkpoint of either loop, written at an epoch's end or inside
         it (``mid_epoch``); returns the epoch and the batch to go on with."""
         batches_done = checkpoint.get("mid_epoch", {}).get("batches_done", 0)
@@ -204,8 +205,10 @@ class ReferenceTrainer:
             if model.scheduler_interval == "epoch" and at_epoch_end:
                 scheduler.step()  # saved before its epoch's step (the reference's are; Lightning's last.ckpt is after)
         datamodule.load_state_dict(checkpoint.get(type(datamodule).__qualname__, {}))
+        train_metrics, val_metrics = metrics
         if batches_done:
             datamodule.continue_epoch(batches_done)  # the next training pass is the rest of that epoch
+            train_metrics.load_running_state(checkpoint["train_metrics"])
         val_metrics.best_acc = checkpoint.get("best_val_acc")
         epoch = checkpoint["epoch"] + (0 if batches_done else 1)
         logger.steps, logger.epoch = checkpoint["global_step"], epoch

@@ -48,14 +48,24 @@ def assert_same_weights(a: dict, b: dict) -> None:
 
 
 def logged_steps(run: str, tag: str = "train/loss") -> list[int]:
-    events = EventAccumulator(run)
+    return [step for step, _ in logged(run, tag)]
+
+
+def logged(run: str, tag: str) -> list[tuple[int, float]]:
+    events = EventAccumulator(str(run))
     events.Reload()
-    return [e.step for e in events.Scalars(tag)]
+    return [(e.step, e.value) for e in events.Scalars(tag)]
+
+
+def assert_same_epoch_means(a: str, b: str) -> None:
+    """The interrupted epochs' training means cover all their batches, as the uninterrupted run's do."""
+    for tag in ("train/loss_epoch", "train/acc"):
+        assert logged(a, tag) == logged(b, tag), tag
 
 
 def test_the_reference_stops_mid_epoch_on_sigint_and_resumes_at_the_next_batch(capsys):
     """SIGINT in step 11: Preempted (exit 130) with last.ckpt after epoch 1's batch 3; `--ckpt_path last`
-    goes on at batch 4 and ends with the uninterrupted weights, every step logged once."""
+    goes on at batch 4 and ends with the uninterrupted weights and epoch means, every step logged once."""
     reference_main(["fit", *RUN, "--run_name=full"])
     run = load_run(RUN, Path("lightning_logs/reference/cut"), callbacks=[ReferenceSignalAtStep(11, signal.SIGINT)])
     with pytest.raises(Preempted) as stopped:
@@ -70,6 +80,7 @@ def test_the_reference_stops_mid_epoch_on_sigint_and_resumes_at_the_next_batch(c
     assert_same_weights(full, cut)
     steps = logged_steps("lightning_logs/reference/cut")
     assert steps == logged_steps("lightning_logs/reference/full") == list(range(24))
+    assert_same_epoch_means("lightning_logs/reference/cut", "lightning_logs/reference/full")
 
 
 CYCLES = [*RUN, "--trainer.max_epochs=5"]
@@ -105,7 +116,7 @@ def test_three_stop_signals_and_restarts_lose_nothing(loop):
     """Three stops, each once the process has trained on: Lightning's first a SIGTERM it sends itself in
     step 11 (so mid-epoch: epoch 1, batch 3), then SIGINT and SIGTERM from outside. Each exits 128 +
     signal with a later last.ckpt; each restart resumes it (not from step 0); the run ends with the
-    uninterrupted weights, and TensorBoard has every step once."""
+    uninterrupted weights, and TensorBoard has every step once and the same epoch means."""
     runs = Path("lightning_logs") if loop == "lightning" else Path("lightning_logs/reference")
     last = runs / "cut" / "checkpoints" / "last.ckpt"
     (main if loop == "lightning" else reference_main)(["fit", *CYCLES, "--run_name=full"])
@@ -133,4 +144,5 @@ def test_three_stop_signals_and_restarts_lose_nothing(loop):
     a, b = (last_checkpoint(runs / r)["state_dict"] for r in ("full", "cut"))
     assert_same_weights(a, b)
     assert logged_steps(str(runs / "cut")) == list(range(40))
-    assert logged_steps(str(runs / "cut"), "val/acc") == logged_steps(str(runs / "full"), "val/acc")
+    assert logged(runs / "cut", "val/acc") == logged(runs / "full", "val/acc")
+    assert_same_epoch_means(runs / "cut", runs / "full")
