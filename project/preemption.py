@@ -28,6 +28,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from project.callbacks import LatestCheckpoint
+from project.errors import UserPathError
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 RequeueSignal = Literal["SIGUSR1", "SIGUSR2", "SIGTERM"]
@@ -191,6 +192,11 @@ class Preemption(Callback):
         # Before Lightning creates the training loader's iterator (a loader's own state_dict would be
         # restored after it, Lightning #20550), so its first pass is the rest of the epoch.
         if (mid := checkpoint.get("mid_epoch")) is not None and trainer.datamodule is not None:
+            if trainer.world_size > 1:  # each rank takes its share of the order: the position does not carry over
+                raise UserPathError(
+                    "--ckpt_path: this checkpoint was written inside an epoch by one process; resume it with one "
+                    "process (--trainer.devices 1), or from a checkpoint of an epoch's end"
+                )
             trainer.datamodule.continue_epoch(mid["batches_done"])
             # Lightning warns that a mid-epoch checkpoint with a plain loader repeats samples: not here.
             warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before the epoch ended")
