@@ -60,7 +60,7 @@ LAST = Path("lightning_logs/slurm-4242/checkpoints/last.ckpt")
 def test_the_requeue_signal_checkpoints_requeues_and_the_restart_finishes_the_run(tmp_path):
     """SIGUSR1 after epoch 0's checkpoint: last.ckpt in lightning_logs/slurm-4242, `scontrol requeue
     4242`, exit 138; the requeued start (`--ckpt_path last`) resumes it and ends with the uninterrupted
-    run's weights, in the same directory, every step logged once."""
+    run's weights, in the same directory (checkpoints, events, config), every step logged once."""
     main(["fit", *CYCLES, "--run_name=full"])
     job, out, err = stop_after_first_checkpoint(tmp_path, signal.SIGUSR1)
     assert job.returncode == 128 + signal.SIGUSR1, err[-2000:]
@@ -74,6 +74,7 @@ def test_the_requeue_signal_checkpoints_requeues_and_the_restart_finishes_the_ru
     assert f"resuming {LAST} (step {stopped})" in out  # not from step 0
     assert (tmp_path / "scontrol.log").read_text() == "requeue 4242\n"  # once
     assert sorted(p.name for p in Path("lightning_logs").iterdir()) == ["full", "slurm-4242"]
+    assert (LAST.parent.parent / "config.yaml").is_file()  # the config beside its checkpoints and events
     full = torch.load("lightning_logs/full/checkpoints/last.ckpt", weights_only=True)["state_dict"]
     assert_same_weights(full, torch.load(LAST, weights_only=True)["state_dict"])
     assert logged_steps("lightning_logs/slurm-4242") == list(range(40))
