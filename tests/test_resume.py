@@ -123,21 +123,15 @@ SIGTERM_AT_STEP_9 = (
 
 
 @pytest.mark.fit
-@pytest.mark.parametrize("planted", [None, "--model.dropout=0.5"])
-def test_compare_checks_a_resumed_reference_against_the_uninterrupted_lightning_run(planted, capsys):
+def test_compare_checks_a_resumed_reference_against_the_uninterrupted_lightning_run(capsys):
     """Lightning stopped by SIGTERM in step 9 (epoch 1, batch 2); `twinloop-compare --resume_reference` its
     last.ckpt: the reference resumed there equals the uninterrupted Lightning run at each of the 11 later
-    steps (with another dropout than the checkpoint's, it does not)."""
+    steps, with no tolerance."""
     with pytest.raises(Preempted):
         main(["fit", *EQUIV, "--run_name=cut", SIGTERM_AT_STEP_9])
-    args = [
-        *EQUIV,
-        "--resume_reference=lightning_logs/cut/checkpoints/last.ckpt",
-        "--atol=0",
-        *[planted] * bool(planted),
-    ]
-    assert compare.main(args) == (1 if planted else 0)
+    args = [*EQUIV, "--resume_reference=lightning_logs/cut/checkpoints/last.ckpt", "--atol=0"]
+    assert compare.main(args) == 0
     out = capsys.readouterr().out
     assert "resuming from epoch 1, batch 3 (step 10)" in out  # the reference did not start from step 0
     assert "11 optimizer steps after it compared" in out
-    assert ("NOT EQUIVALENT" if planted else "\nEQUIVALENT") in out
+    assert "\nEQUIVALENT" in out
