@@ -146,3 +146,15 @@ def test_three_stop_signals_and_restarts_lose_nothing(loop):
     assert logged_steps(str(runs / "cut")) == list(range(40))
     assert logged(runs / "cut", "val/acc") == logged(runs / "full", "val/acc")
     assert_same_epoch_means(runs / "cut", runs / "full")
+
+
+def test_a_signal_in_an_epochs_last_batch_lets_the_epoch_end_and_keeps_its_checkpoint():
+    """SIGTERM in step 7, epoch 0's last batch: its validation and last.ckpt happen, then exit 143 before epoch 1."""
+    signal_at_7 = SIGNAL_AT_STEP_11.replace('"step": 11', '"step": 7')
+    victim = start("lightning", "--run_name=cut", signal_at_7)
+    out, err = victim.communicate(timeout=300)
+    assert victim.returncode == 128 + signal.SIGTERM, err[-2000:]
+    assert "SIGTERM: checkpoint lightning_logs/cut/checkpoints/last.ckpt written after epoch 0" in err
+    checkpoint = last_checkpoint("lightning_logs/cut")
+    assert (checkpoint["epoch"], checkpoint["global_step"], "mid_epoch" in checkpoint) == (0, 8, False)
+    assert logged_steps("lightning_logs/cut", "val/acc") == [7]  # epoch 0 validated, epoch 1 never began
