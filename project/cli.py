@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 import warnings
 from pathlib import Path
 
 import torch
 from jsonargparse import Namespace
+from lightning.fabric.plugins.environments import ClusterEnvironment, SLURMEnvironment
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -22,6 +24,7 @@ from project.factory import DEFAULT_OPTIMIZER
 from project.models.pretrained import preprocessing_of
 from project.module import ImageClassifier
 from project.monitoring import log_hparams, run_hparams
+from project.preemption import Preemption, slurm_job_id
 from project.progress import stdout_is_terminal
 
 TRAINER_DEFAULTS = {
@@ -109,6 +112,14 @@ class TwinloopCLI(LightningCLI):
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
         parser.set_defaults({"lr_monitor.logging_interval": "step"})
         parser.add_lightning_class_args(PredictionCSV, "predictions")
+        parser.add_lightning_class_args(Preemption, "preemption")
+        parser.add_argument(
+            "--run_name",
+            type=str | None,
+            default=None,
+            help="log into <save_dir>/<name>/RUN_NAME, the same directory every time (a restart with "
+            "--ckpt_path last resumes it); under SLURM it defaults to slurm-<job id>",
+        )
 
     def _parse_ckpt_path(self) -> None:
         """LightningCLI's first look at ``--ckpt_path`` (private API; ``tests/reliability`` fails if it
@@ -126,7 +137,18 @@ class TwinloopCLI(LightningCLI):
         logger = trainer.logger
         if trainer.default_root_dir and isinstance(logger, Namespace) and logger.init_args.get("save_dir") == ".":
             logger.init_args.save_dir = trainer.default_root_dir
-        if self.subcommand == "fit" and config.get("ckpt_path") == "last" and isinstance(logger, Namespace):
+        if not isinstance(logger, Namespace):
+            return
+        run_name = config.get("run_name") or (slurm_run_name() if logger.init_args.get("version") is None else None)
+        if run_name:
+            logger.init_args.version = run_name
+        if self.subcommand != "fit":
+            return
+        if run_name:
+            resumed = resume_named_run(logger, config.get("ckpt_path"))
+            if resumed is not None:
+                config.ckpt_path, self._user_checkpoint = resumed  # checked like any other
+        elif config.get("ckpt_path") == "last":
             config.ckpt_path, self._user_checkpoint = resume_into_last_run(logger)  # checked like any other
         on_cpu = trainer.accelerator == "cpu" or (trainer.accelerator == "auto" and not torch.cuda.is_available())
         if trainer.sync_batchnorm and on_cpu:  # else each rank dies in DistributedDataParallel with a traceback
@@ -163,8 +185,10 @@ class TwinloopCLI(LightningCLI):
             callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
         if self.subcommand != "predict":  # a callback costs Lightning a dispatch per hook at every step
             callbacks = [c for c in callbacks if not isinstance(c, PredictionCSV)]
-        config = {**config, "plugins": with_atomic_checkpoints(config.get("plugins"), config.get("strategy"))}
         run_config = self.config[self.subcommand] if self.subcommand else self.config
+        plugins = with_atomic_checkpoints(config.get("plugins"), config.get("strategy"))
+        requeue_signal = (run_config.get("preemption") or {}).get("requeue_signal", "SIGUSR1")
+        config = {**config, "plugins": with_slurm_requeue(plugins, requeue_signal)}
         extra = [RunConfigLogger(run_config.as_dict()), OutOfMemoryHint()]
         own = config.get("callbacks") or []
         if wants_log_lines(config.get("enable_progress_bar"), [*(own if isinstance(own, list) else [own]), *callbacks]):
@@ -251,6 +275,46 @@ def with_atomic_checkpoints(plugins, strategy) -> list:
     return plugins
 
 
+def with_slurm_requeue(plugins: list, requeue_signal: str) -> list:
+    """Under SLURM, Lightning's SLURM environment with auto-requeue on ``requeue_signal``, unless the
+    plugins name a cluster environment. (``Preemption`` acts on the signal at the next optimizer
+    step: Lightning's own handler would save from inside the handler, in the middle of a step.)"""
+    if not SLURMEnvironment.detect() or any(isinstance(p, ClusterEnvironment) for p in plugins):
+        return plugins
+    return [*plugins, SLURMEnvironment(auto_requeue=True, requeue_signal=signal.Signals[requeue_signal])]
+
+
+def slurm_run_name() -> str | None:
+    """``slurm-<job id>`` (``slurm-<array job>_<task>``) inside a SLURM job: a requeued job keeps it."""
+    job = slurm_job_id()
+    return f"slurm-{job}" if job else None
+
+
+def resume_named_run(logger: Namespace, ckpt_path: str | None) -> tuple[str, dict] | None:
+    """A run with a fixed directory (``--run_name`` or a SLURM job): ``--ckpt_path last`` resumes its
+    ``checkpoints/last.ckpt``. A new start in a directory without one (a start that died before its
+    first checkpoint) hides the old events from TensorBoard."""
+    args = logger.init_args
+    run = Path(args.get("save_dir") or ".") / (args.get("name") or "") / args.version
+    last = named_run_checkpoint(run, ckpt_path)
+    if last is not None:
+        return resume_from(last, logger)
+    if ckpt_path is None and run.exists():
+        logger.dict_kwargs = {**(logger.get("dict_kwargs") or {}), "purge_step": 0}
+    return None
+
+
+def named_run_checkpoint(run: Path, ckpt_path: str | None) -> Path | None:
+    """``--ckpt_path last`` of a run with a fixed directory: its ``checkpoints/last.ckpt``, which must
+    exist; a new start where one exists is refused (its steps would be logged twice)."""
+    last = run / "checkpoints" / "last.ckpt"
+    if ckpt_path == "last" and not last.is_file():
+        raise UserPathError(f"--ckpt_path last: no {last} to resume from; leave --ckpt_path out to start the run")
+    if ckpt_path is None and last.is_file():
+        raise UserPathError(f"{run} holds a run already ({last}): resume it with --ckpt_path last or use another name")
+    return last if ckpt_path == "last" else None
+
+
 def newest_last_checkpoint(runs: Path) -> Path:
     """The newest ``runs/version_*/checkpoints/last.ckpt``; none is an error, not a fresh start."""
     found = sorted(runs.glob("version_*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
@@ -270,9 +334,14 @@ def resume_into_last_run(logger: Namespace) -> tuple[str, dict]:
     """
     runs = Path(logger.init_args.get("save_dir") or ".") / (logger.init_args.get("name") or "")
     last = newest_last_checkpoint(runs)
+    logger.init_args.version = int(last.parent.parent.name.removeprefix("version_"))
+    return resume_from(last, logger)
+
+
+def resume_from(last: Path, logger: Namespace) -> tuple[str, dict]:
+    """Resume ``last`` into the logger's version folder, which holds it."""
     checkpoint = check_ckpt_path(str(last))
     steps = checkpoint["global_step"]
-    logger.init_args.version = int(last.parent.parent.name.removeprefix("version_"))
     # TensorBoard hides the interrupted run's events from this step on: no step shows twice.
     logger.dict_kwargs = {**(logger.get("dict_kwargs") or {}), "purge_step": steps}
     print(f"resuming {last} (step {steps}) into {last.parent.parent}")

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from torch import Tensor
 
+from project.checkpoint_io import read_checkpoint
 from project.cli import TwinloopCLI
 from project.errors import reported_as_exit
 from project.recorder import Recorder, RecorderCallback
@@ -47,11 +48,27 @@ def run_lightning(args: list[str], log_root: Path, name: str, distributed: bool 
     return recorder
 
 
-def run_reference(args: list[str], log_dir: Path) -> Recorder:
+def run_reference(args: list[str], log_dir: Path, ckpt_path: str | None = None) -> Recorder:
     recorder = Recorder()
     run = load_run(args, log_dir, callbacks=[RecorderCallback(recorder)])
-    run.trainer.fit(run.model, run.datamodule)
+    run.trainer.fit(run.model, run.datamodule, ckpt_path)
     return recorder
+
+
+def from_resume_point(lit: Recorder, ckpt_path: str, check_val_every_n_epoch: int) -> Recorder:
+    """What the uninterrupted Lightning run did from the step a checkpoint was written at on, with its
+    steps counted from there: what a run resumed from that checkpoint must do."""
+    checkpoint = read_checkpoint(ckpt_path)
+    start = checkpoint["global_step"]
+    first_epoch = checkpoint["epoch"] + (0 if "mid_epoch" in checkpoint else 1)
+    part = Recorder()
+    kept = [i for i, window in enumerate(lit.loss_windows) if window >= start]
+    part.losses = [lit.losses[i] for i in kept]
+    part.loss_windows = [lit.loss_windows[i] - start for i in kept]
+    part.snapshots = [(step - start, tensors) for step, tensors in lit.snapshots if step > start]
+    part.val = lit.val[sum((e + 1) % check_val_every_n_epoch == 0 for e in range(first_epoch)) :]
+    part.final, part.steps = lit.final, lit.steps - start
+    return part
 
 
 @dataclass
@@ -184,6 +201,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", default="runs", help="log root: runs go to ROOT/NAME/{lightning,reference}")
     parser.add_argument("--name", help="run name (default: the config's file name)")
     parser.add_argument("--atol", type=float, default=1e-6, help="largest |Δ| still counted as equal")
+    parser.add_argument(
+        "--resume_reference",
+        metavar="CKPT",
+        help="the reference loop resumes from CKPT (either loop's, written at an epoch's end or inside one) and "
+        "is compared with the uninterrupted Lightning run from that step on",
+    )
     opts, rest = parser.parse_known_args(argv)
     trainer = read_config(rest)["trainer"]
     processes = read_processes(trainer.get("strategy"), os.environ)
@@ -200,7 +223,11 @@ def main(argv: list[str] | None = None) -> int:
     name = opts.name or unique_dir(root, Path(configs[-1]).stem if configs else "compare")
     with reported_as_exit():
         lit = run_lightning(rest, root, name, processes.distributed)
-        ref = run_reference(rest, root / name / "reference")
+        ref = run_reference(rest, root / name / "reference", opts.resume_reference)
+        if opts.resume_reference:
+            every = load_run(rest).trainer.settings.check_val_every_n_epoch
+            lit = from_resume_point(lit, opts.resume_reference, every)
+            print(f"reference resumed from {opts.resume_reference}: {lit.steps} optimizer steps after it compared")
     # Each rank compares what it saw (its own batches' losses, the shared weights); rank 0 reports.
     result = compare(lit, ref, opts.atol)
     if processes.rank != 0:

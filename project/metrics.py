@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torchmetrics import MetricCollection, SumMetric
+from torchmetrics import Metric, MetricCollection, SumMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 
@@ -86,6 +86,24 @@ class StageMetrics(nn.Module):
 
     def confusion_matrix(self) -> Tensor:
         return self.confusion.compute()
+
+    def running_state(self) -> dict[str, Tensor]:
+        """The sums and counts gathered so far this epoch: a checkpoint written inside an epoch carries
+        them, so that the resumed epoch's means cover all of its batches."""
+        return {
+            f"{name}.{attr}": getattr(metric, attr).detach().clone()
+            for name, metric in self.named_modules()
+            if isinstance(metric, Metric)
+            for attr in metric._defaults
+        }
+
+    def load_running_state(self, state: dict[str, Tensor]) -> None:
+        metrics = dict(self.named_modules())
+        for key, value in state.items():
+            name, attr = key.rsplit(".", 1)
+            metric = metrics[name]
+            setattr(metric, attr, value.to(getattr(metric, attr).device))
+            metric._update_count, metric._computed = max(metric._update_count, 1), None
 
     def reset(self) -> None:
         self.loss_sum.reset()

@@ -185,6 +185,7 @@ class ImageClassifier(L.LightningModule):
         checkpoint["rng_states"] = capture_rng()  # Dropout's, for a resume that draws what the run would have
         if (dm := self.trainer.datamodule) is not None:  # what `twinloop export` tells a consumer to do to images
             checkpoint["preprocessing"] = dm.preprocessing()
+        checkpoint["train_metrics"] = self.train_metrics.running_state()  # the epoch so far, for a resume inside it
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.val_metrics.best_acc = checkpoint.get("best_val_acc")
@@ -192,6 +193,8 @@ class ImageClassifier(L.LightningModule):
             self.class_names = list(checkpoint["class_names"])
         if "rng_states" in checkpoint:
             restore_rng(checkpoint["rng_states"])
+        if "mid_epoch" in checkpoint and "train_metrics" in checkpoint:
+            self.train_metrics.load_running_state(checkpoint["train_metrics"])
 
     def _writer(self):
         """The TensorBoard writer for pictures: rank 0 of a run with a data module's statistics."""

@@ -130,7 +130,7 @@ def test_planted_dropout_change_is_caught(monkeypatch, capsys):
     """A dropout rate changed on the reference side only: exit 1, naming the first batch's loss."""
     original = compare.run_reference
     monkeypatch.setattr(
-        compare, "run_reference", lambda args, log_dir: original([*args, "--model.dropout=0.5"], log_dir)
+        compare, "run_reference", lambda args, log_dir, *more: original([*args, "--model.dropout=0.5"], log_dir, *more)
     )
     assert compare.main([*EQUIV, "--name=planted"]) == 1
     out = capsys.readouterr().out
@@ -143,7 +143,7 @@ def test_planted_skipped_zero_grad_is_caught(monkeypatch, capsys, tmp_path):
     original = compare.run_reference
     real_zero_grad = torch.optim.Optimizer.zero_grad
 
-    def sabotaged(args, log_dir):
+    def sabotaged(args, log_dir, *more):
         calls = 0
 
         def skip_the_third(self, set_to_none=True):
@@ -154,7 +154,7 @@ def test_planted_skipped_zero_grad_is_caught(monkeypatch, capsys, tmp_path):
 
         with monkeypatch.context() as m:
             m.setattr(torch.optim.Optimizer, "zero_grad", skip_the_third)
-            return original(args, log_dir)
+            return original(args, log_dir, *more)
 
     monkeypatch.setattr(compare, "run_reference", sabotaged)
     report = tmp_path / "report.json"

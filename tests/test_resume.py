@@ -12,9 +12,11 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from project import compare
 from project.cli import main
+from project.preemption import Preempted
 from project.reference.cli import main as reference_main
-from tests.helpers import FAST, REPO
+from tests.helpers import EQUIV, FAST, REPO
 
 RUN = [
     *FAST,
@@ -110,6 +112,26 @@ def test_the_reference_resumes_its_own_and_lightnings_checkpoints_exactly(first_
         ckpt = "cut/lightning_logs/version_0/checkpoints/last.ckpt"
     capsys.readouterr()
     reference_main(["fit", *SCHEDULED, "--trainer.default_root_dir=cut", f"--ckpt_path={ckpt}"])
-    assert "resuming from epoch 2 (step 16)" in capsys.readouterr().out  # not from step 0
+    assert "resuming from epoch 2, batch 0 (step 16)" in capsys.readouterr().out  # not from step 0
     a, b = reference_weights("full"), reference_weights("cut")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+SIGTERM_AT_STEP_9 = (
+    '--trainer.callbacks+={"class_path": "tests.reliability.signals.SignalAtStep", "init_args": {"step": 9}}'
+)
+
+
+@pytest.mark.fit
+def test_compare_checks_a_resumed_reference_against_the_uninterrupted_lightning_run(capsys):
+    """Lightning stopped by SIGTERM in step 9 (epoch 1, batch 2); `twinloop-compare --resume_reference` its
+    last.ckpt: the reference resumed there equals the uninterrupted Lightning run at each of the 11 later
+    steps, with no tolerance."""
+    with pytest.raises(Preempted):
+        main(["fit", *EQUIV, "--run_name=cut", SIGTERM_AT_STEP_9])
+    args = [*EQUIV, "--resume_reference=lightning_logs/cut/checkpoints/last.ckpt", "--atol=0"]
+    assert compare.main(args) == 0
+    out = capsys.readouterr().out
+    assert "resuming from epoch 1, batch 3 (step 10)" in out  # the reference did not start from step 0
+    assert "11 optimizer steps after it compared" in out
+    assert "\nEQUIVALENT" in out

@@ -13,11 +13,12 @@ import lightning as L
 import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from project.augment import RandomCropFlip
 from project.data.device_cache import CachedSplit, DeviceBatches
 from project.data.new_images import FileListDataset, new_images
+from project.data.order import EpochOrder, ShuffledSampler
 from project.data.registry import DatasetName, build_source
 from project.data.scan import OnBadFile
 from project.data.source import SourceOptions
@@ -129,6 +130,9 @@ class ImageDataModule(L.LightningDataModule):
         # a resumed run creates its loader afresh where the uninterrupted one reused its persistent
         # workers, and that extra draw must not move the shuffling.
         self.worker_seeds = torch.Generator().manual_seed(seed + 20)
+        # The training order, resumable inside an epoch (see ``continue_epoch``).
+        self.train_order = EpochOrder(self.generators["train"])
+        self._loaded_epoch_start: Tensor | None = None
         self.augmenter = RandomCropFlip(padding=self._padding(), seed=seed + 10) if augment else None
 
     # ---- facts the model is linked to, all from the source ----
@@ -252,9 +256,10 @@ class ImageDataModule(L.LightningDataModule):
             raise RuntimeError(f"{stage} data is not set up: call setup() first")
         sampler = self._sampler(dataset, stage, shuffle)
         if isinstance(dataset, CachedSplit):  # on the device of the latest setup, whoever called it first
-            split = dataset.to(self.device)
-            generator = self.generators[stage]
-            return DeviceBatches(split, self.batch_size, self.source.to_model_input, generator, shuffle, sampler)
+            # one process: the resumable order itself (the sampler is for DataLoaders); DDP: the rank's share
+            order = self.train_order if shuffle and self.shard is None else None
+            share = sampler if self.shard is not None else None
+            return DeviceBatches(dataset.to(self.device), self.batch_size, self.source.to_model_input, order, share)
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
@@ -266,14 +271,15 @@ class ImageDataModule(L.LightningDataModule):
         )
 
     def _sampler(self, dataset: Dataset, stage: str, shuffle: bool) -> Sampler[int] | None:
-        """One process: a ``RandomSampler`` on the stage's generator, or none (in order). Under DDP, each
+        """One process: a ``RandomSampler``'s draws from the training order (``ShuffledSampler``, which
+        a resume inside an epoch starts at its next batch), or none (in order). Under DDP, each
         rank's share: for training, Lightning's own choice, a ``DistributedSampler`` seeded with the run's
         seed (one permutation per epoch from seed + epoch, dealt out rank by rank and padded with repeats
         so that every rank takes as many steps); for evaluation and prediction, every sample exactly once
         (``UnrepeatedDistributedSampler``: ranks may differ by one sample, and nothing is counted twice;
         a padded ``DistributedSampler`` would count some twice, pytorch#25162)."""
         if self.shard is None:
-            return RandomSampler(dataset, generator=self.generators[stage]) if shuffle else None
+            return ShuffledSampler(len(dataset), self.train_order, self.batch_size) if shuffle else None
         rank, world = self.shard
         if shuffle:
             return DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=self.seed)
@@ -282,6 +288,7 @@ class ImageDataModule(L.LightningDataModule):
     def state_dict(self) -> dict:
         state = {f"generator.{k}": g.get_state() for k, g in self.generators.items()}
         state["worker_seeds"] = self.worker_seeds.get_state()
+        state["train_epoch_start"] = self.train_order.epoch_start  # for a resume inside the epoch
         if self.augmenter is not None:
             state["augmenter"] = self.augmenter.state_dict()
         return state
@@ -292,8 +299,17 @@ class ImageDataModule(L.LightningDataModule):
                 g.set_state(state[f"generator.{k}"])
         if "worker_seeds" in state:
             self.worker_seeds.set_state(state["worker_seeds"])
+        self._loaded_epoch_start = state.get("train_epoch_start")
         if self.augmenter is not None and "augmenter" in state:
             self.augmenter.load_state_dict(state["augmenter"])
+
+    def continue_epoch(self, batches_done: int) -> None:
+        """After ``load_state_dict`` of a checkpoint written inside an epoch, after ``batches_done`` of
+        its training batches: the next training pass is the rest of that epoch, in its order. Call
+        it before the training loader's first pass (with workers, before its iterator exists)."""
+        if self._loaded_epoch_start is None:
+            raise RuntimeError("continue_epoch: the loaded data state has no train_epoch_start")
+        self.train_order.resume(self._loaded_epoch_start, batches_done)
 
     def _padding(self) -> int:
         # 4 px on 32 px images, as in the usual CIFAR recipe; an image folder without image_size

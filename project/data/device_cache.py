@@ -11,6 +11,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from project.data.order import EpochOrder
+
 
 class CachedSplit:
     """Every (image, label) of one split, decoded once: (N, C, H, W) uint8 and (N,) int64 on ``device``."""
@@ -32,15 +34,17 @@ class CachedSplit:
 
 
 class DeviceBatches:
-    """Batches of a ``CachedSplit``, like a ``DataLoader`` over it with a ``RandomSampler`` on ``generator``,
-    or with ``sampler`` (a rank's ``DistributedSampler`` under DDP) when one is given.
+    """Batches of a ``CachedSplit``, like a ``DataLoader`` over it with a ``RandomSampler`` whose
+    generator is ``order``'s (``order=None``: in the split's order), or with ``sampler`` (a rank's
+    ``DistributedSampler`` under DDP) when one is given.
 
-    Without a sampler, each pass draws from the generator what a ``RandomSampler`` draws, at the
-    same points: the permutation and, once the sampler runs dry (forming a smaller last batch, or
-    asked for one past the last whole batch), a second permutation it throws away. So both paths
-    visit the samples in the same order, epoch after epoch, and leave the generator in the same state.
-    With a sampler, the batches are its indices in its order; Lightning finds it as ``.sampler`` and
-    calls its ``set_epoch`` as it does a DataLoader's.
+    Without a sampler, each pass draws from the generator what that sampler draws, at the same
+    points: the permutation and, once the sampler runs dry (forming a smaller last batch, or asked
+    for one past the last whole batch), a second permutation it throws away. So both paths visit the
+    samples in the same order, epoch after epoch, and leave the generator in the same state. A pass
+    that resumes an interrupted epoch starts at the batch ``order`` says. With a sampler, the
+    batches are its indices in its order; Lightning finds it as ``.sampler`` and calls its
+    ``set_epoch`` as it does a DataLoader's.
     """
 
     batch_sampler = None  # with .sampler, what Lightning reads of a DataLoader: batches come by slicing
@@ -50,12 +54,11 @@ class DeviceBatches:
         split: CachedSplit,
         batch_size: int,
         to_model_input: Callable[[Tensor], Tensor],
-        generator: torch.Generator,
-        shuffle: bool = False,
+        order: EpochOrder | None = None,
         sampler: Sampler[int] | None = None,
     ):
         self.split, self.batch_size, self.to_model_input = split, batch_size, to_model_input
-        self.generator, self.shuffle, self.sampler = generator, shuffle, sampler
+        self.order, self.sampler = order, sampler
 
     def __len__(self) -> int:
         n = len(self.split) if self.sampler is None else len(self.sampler)
@@ -65,14 +68,15 @@ class DeviceBatches:
         if self.sampler is not None:
             yield from self._slices(torch.tensor(list(self.sampler), dtype=torch.long))
             return
-        n = len(self.split)
-        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
-        for start, batch in zip(range(0, n, self.batch_size), self._slices(order)):
-            if self.shuffle and start + self.batch_size > n:
-                torch.randperm(n, generator=self.generator)  # the sampler running dry
+        n, order = len(self.split), self.order
+        indices = order.permutation(n) if order is not None else torch.arange(n)
+        first = order.take_skip() * self.batch_size if order is not None else 0
+        for start, batch in zip(range(first, n, self.batch_size), self._slices(indices[first:])):
+            if order is not None and start + self.batch_size > n:
+                order.run_dry(n)  # the sampler running dry
             yield batch
-        if self.shuffle and n % self.batch_size == 0:
-            torch.randperm(n, generator=self.generator)  # asked past the last whole batch: the sampler runs dry
+        if order is not None and n % self.batch_size == 0:
+            order.run_dry(n)  # asked past the last whole batch: the sampler runs dry
 
     def _slices(self, order: Tensor) -> Iterator[tuple[Tensor, Tensor]]:
         order = order.to(self.split.labels.device)

@@ -61,5 +61,7 @@ def load_run(
         cli = _NoTrainerCLI(args=args, run=False, checkpoint_brings_weights=checkpoint_brings_weights)
     config = cli.config.as_dict()
     refuse_unsupported(config, cli.parser.get_defaults().as_dict())
-    trainer = ReferenceTrainer(TrainerSettings.from_config(config["trainer"]), log_dir, run_hparams(config), callbacks)
+    requeue_signal = (config.get("preemption") or {}).get("requeue_signal", "SIGUSR1")
+    settings = TrainerSettings.from_config(config["trainer"])
+    trainer = ReferenceTrainer(settings, log_dir, run_hparams(config), callbacks, requeue_signal)
     return ReferenceRun(cli.model, cli.datamodule, trainer)

@@ -57,6 +57,13 @@ def reseed() -> None:
     torch.manual_seed(int(seed))
 
 
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """Whether ``flag`` holds on any rank: every rank gets the same answer at the same step."""
+    value = torch.tensor(float(flag), device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
 def data_parallel(net: nn.Module, processes: Processes, device: torch.device, sync_batchnorm: bool):
     """``(network for the loop, network with its layers)``: under DDP the network wrapped as
     Lightning's DDP strategy wraps it, after its BatchNorm layers were made SyncBatchNorm if asked

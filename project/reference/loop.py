@@ -72,12 +72,15 @@ def train_one_epoch(
     augment: Callable[[Tensor], Tensor] | None = None,
     on_step: Callable[[Tensor], None] | None = None,
     epoch: int = 0,
+    first_batch: int = 0,
 ) -> dict[str, Tensor]:
     """One pass over the training data; returns the epoch's training metrics. A non-finite loss
-    stops it before its gradients reach the weights."""
+    stops it before its gradients reach the weights. A resumed epoch starts at ``first_batch``
+    (the loader starts there too)."""
     model.train()
-    metrics.reset()
-    for i, (x, y) in enumerate(batches(loader, device, num_batches)):
+    if first_batch == 0:  # a resumed epoch goes on with the sums its checkpoint held
+        metrics.reset()
+    for i, (x, y) in enumerate(batches(loader, device, num_batches - first_batch), start=first_batch):
         if augment is not None:
             x = augment(x)
         if i % accumulate_grad_batches == 0:
@@ -134,6 +137,7 @@ def fit(
     *,
     max_epochs: int,
     first_epoch: int = 0,
+    first_batch: int = 0,
     num_train_batches: int,
     num_val_batches: int,
     precision: str,
@@ -143,9 +147,9 @@ def fit(
     on_epoch_end: Callable[[int, dict, dict | None], None] | None = None,
     **train_options,
 ) -> None:
-    """Train epochs ``first_epoch`` (0 unless resuming) to ``max_epochs - 1``, validating every
-    ``check_val_every_n_epoch`` epochs (never when ``num_val_batches`` is 0, as with Lightning's
-    ``limit_val_batches=0``).
+    """Train epochs ``first_epoch`` (0 unless resuming; from its batch ``first_batch``) to
+    ``max_epochs - 1``, validating every ``check_val_every_n_epoch`` epochs (never when
+    ``num_val_batches`` is 0, as with Lightning's ``limit_val_batches=0``).
 
     ``on_epoch_end(epoch, train_results, val_results_or_None)`` is where the caller logs and saves
     checkpoints. ``train_options`` (accumulation, clipping, scaler, augmentation, ``on_step``) go
@@ -165,6 +169,7 @@ def fit(
             scheduler=scheduler,
             scheduler_interval=scheduler_interval,
             epoch=epoch,
+            first_batch=first_batch if epoch == first_epoch else 0,
             **train_options,
         )
         val_results = None

@@ -9,6 +9,7 @@ module's factories, TensorBoard logging, checkpoints and progress bars.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -20,15 +21,16 @@ from tqdm import tqdm
 from project import monitoring
 from project.checkpoint_io import atomic_torch_save
 from project.data import ImageDataModule
-from project.errors import check_finite_loss, out_of_memory_hint
+from project.errors import UserPathError, check_finite_loss, out_of_memory_hint
 from project.factory import build_optimization, stepping_batches
 from project.finetuning import optimizer_parameters
 from project.metrics import StageMetrics, build_stage_metrics
 from project.module import ImageClassifier
+from project.preemption import Preempted, StopSignals, requeue, slurm_job_id, stop_message
 from project.progress import EvaluationLines, LineProgress, stdout_is_terminal
 from project.reference import loop
 from project.reference.checkpoints import checkpoint_dict, load_checkpoint
-from project.reference.distributed import EpochShuffled, data_parallel, init_process_group, reseed
+from project.reference.distributed import EpochShuffled, any_rank, data_parallel, init_process_group, reseed
 from project.reference.logger import ReferenceLogger, next_version_dir
 from project.reference.settings import TrainerSettings, count_batches
 from project.rng import restore_rng
@@ -51,8 +53,11 @@ class ReferenceTrainer:
         log_dir: Path | None = None,
         hparams: dict | None = None,
         callbacks: Sequence = (),
+        requeue_signal: str = "SIGUSR1",
     ):
         self.settings = settings
+        # under SLURM: the signal that writes a checkpoint and requeues the job (SIGTERM and SIGINT stop it)
+        self.requeue_signal = signal.Signals[requeue_signal] if slurm_job_id() is not None else None
         self._log_dir = log_dir
         self.hparams = hparams or {}
         self.callbacks = list(callbacks)
@@ -78,7 +83,10 @@ class ReferenceTrainer:
 
     def fit(self, model: ImageClassifier, datamodule: ImageDataModule, ckpt_path: str | None = None) -> None:
         """Train and validate with the reference loop; checkpoints go to ``log_dir/checkpoints``.
-        With ``ckpt_path`` (an epoch-end checkpoint of either loop), go on from the epoch after it."""
+        With ``ckpt_path`` (a checkpoint of either loop), go on from the batch after it.
+
+        SIGTERM, SIGINT (and under SLURM the requeue signal) stop training at the next optimizer
+        step with ``last.ckpt``, then exit with 128 + the signal (``project.preemption``)."""
         s = self.settings
         self._setup(model, datamodule, "fit")
         checkpoint = load_checkpoint(model, ckpt_path) if ckpt_path is not None else None
@@ -103,15 +111,25 @@ class ReferenceTrainer:
         logger.log_hparams(self.hparams)
         logger.watch(net, optimizer)
         self._call("on_train_start", model)
-        first_epoch = (
-            self._resume(checkpoint, model, datamodule, optimizer, scheduler, val_metrics, logger) if checkpoint else 0
+        first_epoch, first_batch = (
+            self._resume(checkpoint, model, datamodule, optimizer, scheduler, (train_metrics, val_metrics), logger)
+            if checkpoint
+            else (0, 0)
         )
         lines = self._line_progress(logger.steps)
 
-        on_epoch_end = self._epoch_end(model, datamodule, optimizer, scheduler, val_metrics, logger, lines)
+        signals = StopSignals(requeue_signal=self.requeue_signal)
+
+        def state() -> dict:
+            best = val_metrics.best_acc
+            state = checkpoint_dict(model, datamodule, optimizer, scheduler, logger.epoch, logger.steps, best)
+            return {**state, "train_metrics": train_metrics.running_state()}
+
+        on_step = self._stop_at_step(signals, self._on_step(logger, lines), logger, state, num_train, first_batch)
+        on_epoch_end = self._epoch_end(model, datamodule, optimizer, scheduler, val_metrics, logger, lines, signals)
         # fine-tuning: the first epoch frozen or not here, each later one at the end of the one before
         model.backbone_freeze.set_epoch(first_epoch)
-        with out_of_memory_hinted(datamodule.batch_size, s.precision):
+        with signals, out_of_memory_hinted(datamodule.batch_size, s.precision), closed_on_error(logger):
             loop.fit(
                 net,
                 self._progress(EpochShuffled(train_loader, first_epoch), "train", num_train, lines),
@@ -123,6 +141,7 @@ class ReferenceTrainer:
                 val_metrics,
                 max_epochs=s.max_epochs,
                 first_epoch=first_epoch,
+                first_batch=first_batch,
                 num_train_batches=num_train,
                 num_val_batches=num_val,
                 precision=s.precision,
@@ -135,13 +154,56 @@ class ReferenceTrainer:
                 gradient_clip_val=s.gradient_clip_val,
                 gradient_clip_algorithm=s.gradient_clip_algorithm,
                 augment=datamodule.augmenter,
-                on_step=self._on_step(logger, lines),
+                on_step=on_step,
             )
         self._call("on_train_end", model)
         model.net = single
         logger.close()
 
-    def _epoch_end(self, model, datamodule, optimizer, scheduler, val_metrics, logger, lines):
+    def _stop_at_step(self, signals: StopSignals, log_step, logger: ReferenceLogger, state, num_train, first_batch):
+        """What follows each optimizer step: ``log_step``, and on a stop signal a checkpoint that holds
+        the position in the epoch, then the exit. (Not in the epoch's last step: its end has a
+        checkpoint of its own.)"""
+        every = self.settings.accumulate_grad_batches
+        epoch_start = {"epoch": logger.epoch, "step": logger.steps - first_batch // every}
+
+        def on_step(loss: torch.Tensor) -> None:
+            log_step(loss)
+            if epoch_start["epoch"] != logger.epoch:  # a new epoch began
+                epoch_start.update(epoch=logger.epoch, step=logger.steps - 1)
+            done = (logger.steps - epoch_start["step"]) * every
+            if done >= num_train or not self._stop_asked(signals):
+                return
+            where = f"at epoch {logger.epoch}, batch {done - 1} (step {logger.steps})"
+            if self.settings.processes.distributed:
+                # Each rank takes its share of the order (a DistributedSampler), so the position inside
+                # an epoch is not one number: the restart redoes the epoch, as Lightning's does.
+                self._stop(signals, f"{where}; with several processes the restart redoes epoch {logger.epoch}", False)
+            if self.settings.enable_checkpointing and self.is_global_zero:
+                self._save({**state(), "mid_epoch": {"batches_done": done}}, "last.ckpt")
+            self._stop(signals, where)
+
+        return on_step
+
+    def _stop_asked(self, signals: StopSignals) -> bool:
+        asked = signals.received is not None
+        if self.settings.processes.distributed:  # every rank stops at the same step, whichever got the signal
+            asked = any_rank(asked, self.settings.device)
+        return asked
+
+    def _stop(self, signals: StopSignals, where: str, new: bool = True) -> None:
+        """Requeue if asked, say where it stopped and which ``last.ckpt`` a restart goes on from
+        (``new``: written just now), and exit with 128 + the signal."""
+        signum = signals.received or signal.SIGTERM  # another rank's signal
+        if self.is_global_zero:
+            if signals.requeue_requested:
+                requeue(slurm_job_id())
+            path = self.log_dir / "checkpoints" / "last.ckpt"
+            written = self.settings.enable_checkpointing and path.is_file()
+            print(stop_message(signum, path if written else None, where, new), file=sys.stderr, flush=True)
+        raise Preempted(signum)
+
+    def _epoch_end(self, model, datamodule, optimizer, scheduler, val_metrics, logger, lines, signals: StopSignals):
         """What follows each epoch, as Lightning's hooks and callbacks do it: the loss check, the best
         score, logging, the callbacks, the epoch's progress line, and the checkpoints (before the
         epoch's scheduler step)."""
@@ -154,36 +216,51 @@ class ReferenceTrainer:
             self.callback_metrics = {**train_results, **(val_results or {})}
             if val_results is not None:
                 self._call("on_validation_end", model)
-            if not self.is_global_zero:  # the other ranks hold the same state: rank 0 reports and saves it
-                return
-            if lines is not None:
-                lines.on_epoch_end(epoch, logger.steps, {**(val_results or {}), "val/acc_best": val_metrics.best_acc})
-            if self.settings.enable_checkpointing:
-                best = val_metrics.best_acc
-                state = checkpoint_dict(model, datamodule, optimizer, scheduler, epoch, logger.steps, best)
-                self._save(state, "last.ckpt")
-                if improved:  # like ModelCheckpoint(mode="max"): a tie keeps the earlier best
-                    self._save(state, "best.ckpt")
+            if self.is_global_zero:  # the other ranks hold the same state: rank 0 reports and saves it
+                if lines is not None:
+                    results = {**(val_results or {}), "val/acc_best": val_metrics.best_acc}
+                    lines.on_epoch_end(epoch, logger.steps, results)
+                if self.settings.enable_checkpointing:
+                    best = val_metrics.best_acc
+                    state = checkpoint_dict(model, datamodule, optimizer, scheduler, epoch, logger.steps, best)
+                    self._save(state, "last.ckpt")
+                    if improved:  # like ModelCheckpoint(mode="max"): a tie keeps the earlier best
+                        self._save(state, "best.ckpt")
             model.backbone_freeze.set_epoch(epoch + 1)
+            if epoch + 1 < self.settings.max_epochs and self._stop_asked(signals):
+                self._stop(signals, f"after epoch {epoch}")
 
         return on_epoch_end
 
-    def _resume(self, checkpoint: dict, model, datamodule, optimizer, scheduler, val_metrics, logger) -> int:
-        """Load the training state of an epoch-end checkpoint; returns the epoch to go on with."""
+    def _resume(self, checkpoint: dict, model, datamodule, optimizer, scheduler, metrics, logger) -> tuple:
+        """Load the training state of a checkpoint of either loop, written at an epoch's end or inside
+        it (``mid_epoch``); returns the epoch and the batch to go on with."""
+        batches_done = checkpoint.get("mid_epoch", {}).get("batches_done", 0)
         optimizer.load_state_dict(checkpoint["optimizer_states"][0])
         if scheduler is not None:
             scheduler.load_state_dict(checkpoint["lr_schedulers"][0])
-            if model.scheduler_interval == "epoch" and scheduler.last_epoch == checkpoint["epoch"]:
+            at_epoch_end = not batches_done and scheduler.last_epoch == checkpoint["epoch"]
+            if model.scheduler_interval == "epoch" and at_epoch_end:
                 scheduler.step()  # saved before its epoch's step (the reference's are; Lightning's last.ckpt is after)
         datamodule.load_state_dict(checkpoint.get(type(datamodule).__qualname__, {}))
+        train_metrics, val_metrics = metrics
+        if batches_done and self.settings.processes.distributed:  # each rank takes its share of the order
+            raise UserPathError(
+                "--ckpt_path: this checkpoint was written inside an epoch by one process; resume it with one "
+                "process, or from a checkpoint of an epoch's end"
+            )
+        if batches_done:
+            datamodule.continue_epoch(batches_done)  # the next training pass is the rest of that epoch
+            train_metrics.load_running_state(checkpoint["train_metrics"])
         val_metrics.best_acc = checkpoint.get("best_val_acc")
-        logger.steps, logger.epoch = checkpoint["global_step"], checkpoint["epoch"] + 1
+        epoch = checkpoint["epoch"] + (0 if batches_done else 1)
+        logger.steps, logger.epoch = checkpoint["global_step"], epoch
         logger.pictures.inputs_logged = True  # the run logged them before
         if "rng_states" in checkpoint:  # last: nothing may draw between here and the first batch
             restore_rng(checkpoint["rng_states"])
         if self.is_global_zero:
-            print(f"resuming from epoch {checkpoint['epoch'] + 1} (step {checkpoint['global_step']})")
-        return checkpoint["epoch"] + 1
+            print(f"resuming from epoch {epoch}, batch {batches_done} (step {checkpoint['global_step']})")
+        return epoch, batches_done
 
     def validate(self, model: ImageClassifier, datamodule: ImageDataModule, ckpt_path: str | None = None) -> dict:
         """Validation metrics of ``model`` (or of the weights in ``ckpt_path``), logged at step 0."""
@@ -306,6 +383,16 @@ class CountedBatches:
         for batch in self.iterable:
             self.count(len(batch[0]))
             yield batch
+
+
+@contextmanager
+def closed_on_error(logger: ReferenceLogger) -> Iterator[None]:
+    """The logger's events flushed and its hooks removed when training stops on an error or a signal."""
+    try:
+        yield
+    except BaseException:
+        logger.close()
+        raise
 
 
 @contextmanager
