@@ -137,8 +137,22 @@ class TwinloopCLI(LightningCLI):
         logger = trainer.logger
         if trainer.default_root_dir and isinstance(logger, Namespace) and logger.init_args.get("save_dir") == ".":
             logger.init_args.save_dir = trainer.default_root_dir
-        if not isinstance(logger, Namespace):
-            return
+        if isinstance(logger, Namespace):
+            self._choose_run_directory(config, logger)
+        on_cpu = trainer.accelerator == "cpu" or (trainer.accelerator == "auto" and not torch.cuda.is_available())
+        if trainer.sync_batchnorm and on_cpu:  # else each rank dies in DistributedDataParallel with a traceback
+            raise ConfigError("trainer.sync_batchnorm=true: torch's SyncBatchNorm runs on GPUs only; set it to false")
+        use_weights_preprocessing(config.model, config.data)
+        # A checkpoint brings every weight: the pretrained ones are not loaded (nor downloaded) under it,
+        # and the config and hyperparameters still name them.
+        from_checkpoint = config.get("ckpt_path") or getattr(self, "checkpoint_brings_weights", False)
+        self._named_weights = config.model.get("weights") if from_checkpoint else None
+        if self._named_weights is not None:
+            config.model.weights = None
+
+    def _choose_run_directory(self, config: Namespace, logger: Namespace) -> None:
+        """A named run (``--run_name``, or the SLURM job's) logs into its own directory, and a fit
+        there resumes from its ``last.ckpt``; ``--ckpt_path last`` otherwise takes the newest version's."""
         run_name = config.get("run_name") or (slurm_run_name() if logger.init_args.get("version") is None else None)
         if run_name:
             logger.init_args.version = run_name
@@ -150,16 +164,6 @@ class TwinloopCLI(LightningCLI):
                 config.ckpt_path, self._user_checkpoint = resumed  # checked like any other
         elif config.get("ckpt_path") == "last":
             config.ckpt_path, self._user_checkpoint = resume_into_last_run(logger)  # checked like any other
-        on_cpu = trainer.accelerator == "cpu" or (trainer.accelerator == "auto" and not torch.cuda.is_available())
-        if trainer.sync_batchnorm and on_cpu:  # else each rank dies in DistributedDataParallel with a traceback
-            raise ConfigError("trainer.sync_batchnorm=true: torch's SyncBatchNorm runs on GPUs only; set it to false")
-        use_weights_preprocessing(config.model, config.data)
-        # A checkpoint brings every weight: the pretrained ones are not loaded (nor downloaded) under it,
-        # and the config and hyperparameters still name them.
-        from_checkpoint = config.get("ckpt_path") or getattr(self, "checkpoint_brings_weights", False)
-        self._named_weights = config.model.get("weights") if from_checkpoint else None
-        if self._named_weights is not None:
-            config.model.weights = None
 
     def instantiate_classes(self) -> None:
         super().instantiate_classes()
@@ -183,7 +187,7 @@ class TwinloopCLI(LightningCLI):
         unless the bar is off or ``--trainer.callbacks`` brings a progress bar of its own."""
         if config.get("enable_checkpointing") is False:
             callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
-        if self.subcommand != "predict":  # a callback costs Lightning a dispatch per hook at every step
+        if self.subcommand in ("fit", "validate", "test"):  # a callback costs Lightning a dispatch per hook a step
             callbacks = [c for c in callbacks if not isinstance(c, PredictionCSV)]
         run_config = self.config[self.subcommand] if self.subcommand else self.config
         plugins = with_atomic_checkpoints(config.get("plugins"), config.get("strategy"))

@@ -117,7 +117,7 @@ def test_a_reference_resume_under_torchrun_is_exact(reference_run, tmp_path):
     run_dir, _ = reference_run
     torchrun("project.reference", ["fit", *DDP, "--trainer.devices=2", "--trainer.max_epochs=1"], tmp_path)
     done = torchrun("project.reference", ["fit", *DDP, "--trainer.devices=2", "--ckpt_path=last"], tmp_path)
-    assert done.stdout.count("resuming from epoch 1 (step 4)") == 1  # rank 0 says it; not a fresh start
+    assert done.stdout.count("resuming from epoch 1, batch 0 (step 4)") == 1  # rank 0 says it; not a fresh start
     a = checkpoint(run_dir / "checkpoints/last.ckpt")
     b = checkpoint(tmp_path / "lightning_logs/reference/version_0/checkpoints/last.ckpt")
     assert (a["epoch"], a["global_step"]) == (b["epoch"], b["global_step"]) == (1, 8)
