@@ -450,6 +450,15 @@ def test_fit_steps_a_per_step_scheduler_after_every_optimizer_step():
     assert optimizer.param_groups[0]["lr"] == pytest.approx(LR * 0.5**12)
 
 
+def test_fit_steps_a_scheduler_once_an_epoch_by_default():
+    """A scheduler given to fit without an interval steps after each epoch: 4 epochs halve the rate 4 times."""
+    model = linear()
+    optimizer = torch.optim.SGD(model.parameters(), lr=LR)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
+    run_fit(model, optimizer=optimizer, scheduler=scheduler)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(LR * 0.5**4)
+
+
 def test_fit_validates_under_the_runs_precision():
     """With bf16-mixed, validation forwards run under bf16 autocast too, as training does."""
     model = ModeProbe()

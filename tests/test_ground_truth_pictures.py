@@ -277,6 +277,28 @@ def test_captions_are_dark_text_on_white():
     assert 0 < ink(band) < 0.4 * band[..., 0].size
 
 
+def ink_fills_its_box(region: np.ndarray) -> float:
+    """How much of the bounding box of ``region``'s ink is ink: letters leave most of it white, a
+    filled box none of it."""
+    r, g, b = region[..., 0], region[..., 1], region[..., 2]
+    ys, xs = np.nonzero((r == g) & (g == b) & (r < 200))
+    box = region[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
+    return ink(box) / (box.shape[0] * box.shape[1])
+
+
+def test_caption_names_are_strokes_not_boxes():
+    """A caption name is drawn as letters: its ink covers well under its bounding box."""
+    image = rgb(misclassified_png([(solid(COLOURS[0]), 0, 0)], ["wwww"], MEAN, STD))
+    band = caption_band(image, boxes(image, [COLOURS[0]])[0], image.shape[1])
+    left_of_arrow = band[:, : int(np.nonzero((band == (255, 0, 0)).all(axis=-1))[1].min())]
+    assert 0 < ink_fills_its_box(left_of_arrow) < 0.6
+
+
+def test_none_is_written_in_letters_not_a_box():
+    """With nothing misclassified, "none" is letters on white: its ink covers well under its bounding box."""
+    assert 0 < ink_fills_its_box(rgb(misclassified_png([], ["a", "b"], MEAN, STD))) < 0.6
+
+
 def test_long_captions_stay_inside_the_picture_and_images_sit_centred():
     """Long class names widen the columns: captions are not cut off, and each image is centred in its column."""
     names = ["automobile", "airplane"]  # CIFAR-10's widest caption
