@@ -5,7 +5,6 @@ from __future__ import annotations
 import signal
 import sys
 import warnings
-from pathlib import Path
 
 import torch
 from jsonargparse import Namespace
@@ -17,15 +16,22 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.io import CheckpointIO
 
 from project.callbacks import LatestCheckpoint, LogLinesProgressBar, OutOfMemoryHint, PredictionCSV
-from project.checkpoint_io import AtomicCheckpointIO, check_class_names, check_state_dict_fits, read_checkpoint
+from project.checkpoint_io import AtomicCheckpointIO
 from project.data import SOURCES, ImageDataModule
-from project.errors import CheckpointError, ConfigError, UserPathError, reported_as_exit
+from project.errors import ConfigError, reported_as_exit
 from project.factory import DEFAULT_OPTIMIZER
 from project.models.pretrained import preprocessing_of
 from project.module import ImageClassifier
 from project.monitoring import log_hparams, run_hparams
-from project.preemption import Preemption, slurm_job_id
+from project.preemption import Preemption
 from project.progress import stdout_is_terminal
+from project.runs import (
+    check_checkpoint_fits_run,
+    check_ckpt_path,
+    resume_into_last_run,
+    resume_named_run,
+    slurm_run_name,
+)
 
 TRAINER_DEFAULTS = {
     "max_epochs": 10,
@@ -240,36 +246,6 @@ def use_weights_preprocessing(model: Namespace, data: Namespace) -> None:
         data.mean, data.std = mean, std
 
 
-def check_ckpt_path(ckpt_path: str | None) -> dict | None:
-    """A checkpoint file the user named must exist and be a checkpoint, read with ``weights_only``
-    (``read_checkpoint``): returned, for ``check_checkpoint_fits_run``. Lightning's own names (last,
-    best, ...) and remote or registry paths are Lightning's to resolve (None)."""
-    if not ckpt_path or ckpt_path in ("last", "best", "hpc") or "://" in ckpt_path or ckpt_path.startswith("registry"):
-        return None
-    if not Path(ckpt_path).is_file():
-        raise UserPathError(f"--ckpt_path: no such file: {ckpt_path}")
-    try:
-        return read_checkpoint(ckpt_path)
-    except CheckpointError as exc:
-        raise CheckpointError(f"--ckpt_path: {exc}") from None
-
-
-def check_checkpoint_fits_run(checkpoint: dict, ckpt_path: str, model: ImageClassifier, datamodule) -> None:
-    """The checkpoint's classes are the data's, in order, and its tensors fit the model: else one
-    ``CheckpointError`` naming the file. The data is prepared first: CIFAR-100 names its classes
-    from a downloaded file, and an image folder's are the class folders its scan found usable.
-    Every data set knows its class names then (digits and MNIST are always '0'..'9'), so predict,
-    which has no labels, is checked too: its inputs are prepared with this data's statistics and size."""
-    datamodule.prepare_data()
-    try:
-        if "pytorch-lightning_version" not in checkpoint:  # Lightning's loader needs it (the reference loop's does not)
-            raise CheckpointError(f"{ckpt_path} is not a Lightning checkpoint: it has no pytorch-lightning_version")
-        check_class_names(checkpoint, datamodule.class_names, ckpt_path)
-        check_state_dict_fits(checkpoint["state_dict"], model.state_dict(), ckpt_path)
-    except CheckpointError as exc:
-        raise CheckpointError(f"--ckpt_path: {exc}") from None
-
-
 def with_atomic_checkpoints(plugins, strategy) -> list:
     """The Trainer's ``plugins`` plus an ``AtomicCheckpointIO``, unless they or the strategy already
     bring a CheckpointIO of their own."""
@@ -286,70 +262,6 @@ def with_slurm_requeue(plugins: list, requeue_signal: str) -> list:
     if not SLURMEnvironment.detect() or any(isinstance(p, ClusterEnvironment) for p in plugins):
         return plugins
     return [*plugins, SLURMEnvironment(auto_requeue=True, requeue_signal=signal.Signals[requeue_signal])]
-
-
-def slurm_run_name() -> str | None:
-    """``slurm-<job id>`` (``slurm-<array job>_<task>``) inside a SLURM job: a requeued job keeps it."""
-    job = slurm_job_id()
-    return f"slurm-{job}" if job else None
-
-
-def resume_named_run(logger: Namespace, ckpt_path: str | None) -> tuple[str, dict] | None:
-    """A run with a fixed directory (``--run_name`` or a SLURM job): ``--ckpt_path last`` resumes its
-    ``checkpoints/last.ckpt``. A new start in a directory without one (a start that died before its
-    first checkpoint) hides the old events from TensorBoard."""
-    args = logger.init_args
-    run = Path(args.get("save_dir") or ".") / (args.get("name") or "") / args.version
-    last = named_run_checkpoint(run, ckpt_path)
-    if last is not None:
-        return resume_from(last, logger)
-    if ckpt_path is None and run.exists():
-        logger.dict_kwargs = {**(logger.get("dict_kwargs") or {}), "purge_step": 0}
-    return None
-
-
-def named_run_checkpoint(run: Path, ckpt_path: str | None) -> Path | None:
-    """``--ckpt_path last`` of a run with a fixed directory: its ``checkpoints/last.ckpt``, which must
-    exist; a new start where one exists is refused (its steps would be logged twice)."""
-    last = run / "checkpoints" / "last.ckpt"
-    if ckpt_path == "last" and not last.is_file():
-        raise UserPathError(f"--ckpt_path last: no {last} to resume from; leave --ckpt_path out to start the run")
-    if ckpt_path is None and last.is_file():
-        raise UserPathError(f"{run} holds a run already ({last}): resume it with --ckpt_path last or use another name")
-    return last if ckpt_path == "last" else None
-
-
-def newest_last_checkpoint(runs: Path) -> Path:
-    """The newest ``runs/version_*/checkpoints/last.ckpt``; none is an error, not a fresh start."""
-    found = sorted(runs.glob("version_*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
-    if not found:
-        raise UserPathError(
-            f"--ckpt_path last: no {runs}/version_*/checkpoints/last.ckpt to resume from; "
-            "leave --ckpt_path out to start a new run"
-        )
-    return found[-1]
-
-
-def resume_into_last_run(logger: Namespace) -> tuple[str, dict]:
-    """``--ckpt_path last``: the newest ``last.ckpt`` of the run directory's versions, resumed into its
-    own version folder, with TensorBoard told to drop what the interrupted run logged after it.
-
-    (Lightning would look in a new version folder only, find nothing and start afresh.)
-    """
-    runs = Path(logger.init_args.get("save_dir") or ".") / (logger.init_args.get("name") or "")
-    last = newest_last_checkpoint(runs)
-    logger.init_args.version = int(last.parent.parent.name.removeprefix("version_"))
-    return resume_from(last, logger)
-
-
-def resume_from(last: Path, logger: Namespace) -> tuple[str, dict]:
-    """Resume ``last`` into the logger's version folder, which holds it."""
-    checkpoint = check_ckpt_path(str(last))
-    steps = checkpoint["global_step"]
-    # TensorBoard hides the interrupted run's events from this step on: no step shows twice.
-    logger.dict_kwargs = {**(logger.get("dict_kwargs") or {}), "purge_step": steps}
-    print(f"resuming {last} (step {steps}) into {last.parent.parent}")
-    return str(last), checkpoint
 
 
 class RunConfigLogger(Callback):

@@ -74,3 +74,13 @@ def reported_as_exit() -> Iterator[None]:
     except torch.OutOfMemoryError as exc:
         print(f"error: {getattr(exc, 'hint', 'the device ran out of memory')}", file=sys.stderr)
         sys.exit(1)
+
+
+@contextmanager
+def out_of_memory_hinted(batch_size: int, precision: str) -> Iterator[None]:
+    """An out-of-memory error leaves with the batch size and what to change, as in the Lightning path."""
+    try:
+        yield
+    except torch.OutOfMemoryError as exc:
+        exc.hint = out_of_memory_hint(batch_size, precision)
+        raise

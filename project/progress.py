@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+
+from tqdm import tqdm
 
 # The validation results an epoch line shows, in this order (those the epoch has).
 EPOCH_KEYS = ("val/loss", "val/acc", "val/acc_best")
@@ -97,3 +99,26 @@ class EvaluationLines:
             f"samples/s  ETA {duration(eta)}"
         )
         self.samples, self.since = 0, now
+
+
+class ProgressBar:
+    """An iterable shown as a progress bar, a new bar each time it is iterated."""
+
+    def __init__(self, iterable: Iterable, desc: str, total: int):
+        self.iterable, self.desc, self.total = iterable, desc, total
+
+    def __iter__(self):
+        yield from tqdm(self.iterable, desc=self.desc, leave=False, total=self.total, file=sys.stdout)  # as Lightning's
+
+
+class CountedBatches:
+    """An iterable of ``(x, y)`` batches that tells ``count`` each batch's number of samples, for the
+    progress lines."""
+
+    def __init__(self, iterable: Iterable, count: Callable[[int], None]):
+        self.iterable, self.count = iterable, count
+
+    def __iter__(self):
+        for batch in self.iterable:
+            self.count(len(batch[0]))
+            yield batch

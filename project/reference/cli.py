@@ -7,9 +7,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from project.cli import named_run_checkpoint, newest_last_checkpoint, slurm_run_name
 from project.errors import reported_as_exit
 from project.reference.config import load_run
+from project.runs import named_run_checkpoint, newest_last_checkpoint, slurm_run_name
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -3,6 +3,8 @@ reference run and a Lightning run overlay curve on curve."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -104,3 +106,13 @@ class ReferenceLogger:
         for tag, value in {**values, "epoch": self.epoch}.items():
             self.writer.add_scalar(tag, float(value), step)
         self.writer.flush()
+
+
+@contextmanager
+def closed_on_error(logger: ReferenceLogger) -> Iterator[None]:
+    """The logger's events flushed and its hooks removed when training stops on an error or a signal."""
+    try:
+        yield
+    except BaseException:
+        logger.close()
+        raise

@@ -263,3 +263,13 @@ def refuse_unsupported(config: dict, defaults: dict) -> None:
             + ", ".join(sorted(unsupported))
             + ". Remove them from the config to compare."
         )
+
+
+def configure_determinism(settings: TrainerSettings) -> None:
+    """What Trainer(deterministic=..., benchmark=...) switches: deterministic algorithms, and
+    cuDNN's autotuner (off under determinism unless asked for)."""
+    if settings.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=settings.deterministic == "warn")
+    if settings.benchmark is not None or settings.deterministic:
+        torch.backends.cudnn.benchmark = bool(settings.benchmark)

@@ -8,31 +8,28 @@ module's factories, TensorBoard logging, checkpoints and progress bars.
 
 from __future__ import annotations
 
-import os
 import signal
 import sys
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from project import monitoring
 from project.checkpoint_io import atomic_torch_save
 from project.data import ImageDataModule
-from project.errors import UserPathError, check_finite_loss, out_of_memory_hint
+from project.errors import UserPathError, check_finite_loss, out_of_memory_hinted
 from project.factory import build_optimization, stepping_batches
 from project.finetuning import optimizer_parameters
 from project.metrics import StageMetrics, build_stage_metrics
 from project.module import ImageClassifier
 from project.preemption import Preempted, StopSignals, requeue, slurm_job_id, stop_message
-from project.progress import EvaluationLines, LineProgress, stdout_is_terminal
+from project.progress import CountedBatches, EvaluationLines, LineProgress, ProgressBar, stdout_is_terminal
 from project.reference import loop
 from project.reference.checkpoints import checkpoint_dict, load_checkpoint
 from project.reference.distributed import EpochShuffled, any_rank, data_parallel, init_process_group, reseed
-from project.reference.logger import ReferenceLogger, next_version_dir
-from project.reference.settings import TrainerSettings, count_batches
+from project.reference.logger import ReferenceLogger, closed_on_error, next_version_dir
+from project.reference.settings import TrainerSettings, configure_determinism, count_batches
 from project.rng import restore_rng
 
 
@@ -360,56 +357,3 @@ class ReferenceTrainer:
     def _call(self, hook: str, model: ImageClassifier) -> None:
         for callback in self.callbacks:
             getattr(callback, hook)(self, model)
-
-
-class ProgressBar:
-    """An iterable shown as a progress bar, a new bar each time it is iterated."""
-
-    def __init__(self, iterable: Iterable, desc: str, total: int):
-        self.iterable, self.desc, self.total = iterable, desc, total
-
-    def __iter__(self):
-        yield from tqdm(self.iterable, desc=self.desc, leave=False, total=self.total, file=sys.stdout)  # as Lightning's
-
-
-class CountedBatches:
-    """An iterable of ``(x, y)`` batches that tells ``count`` each batch's number of samples, for the
-    progress lines."""
-
-    def __init__(self, iterable: Iterable, count: Callable[[int], None]):
-        self.iterable, self.count = iterable, count
-
-    def __iter__(self):
-        for batch in self.iterable:
-            self.count(len(batch[0]))
-            yield batch
-
-
-@contextmanager
-def closed_on_error(logger: ReferenceLogger) -> Iterator[None]:
-    """The logger's events flushed and its hooks removed when training stops on an error or a signal."""
-    try:
-        yield
-    except BaseException:
-        logger.close()
-        raise
-
-
-@contextmanager
-def out_of_memory_hinted(batch_size: int, precision: str) -> Iterator[None]:
-    """An out-of-memory error leaves with the batch size and what to change, as in the Lightning path."""
-    try:
-        yield
-    except torch.OutOfMemoryError as exc:
-        exc.hint = out_of_memory_hint(batch_size, precision)
-        raise
-
-
-def configure_determinism(settings: TrainerSettings) -> None:
-    """What Trainer(deterministic=..., benchmark=...) switches: deterministic algorithms, and
-    cuDNN's autotuner (off under determinism unless asked for)."""
-    if settings.deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=settings.deterministic == "warn")
-    if settings.benchmark is not None or settings.deterministic:
-        torch.backends.cudnn.benchmark = bool(settings.benchmark)
