@@ -9,7 +9,6 @@ module's factories, TensorBoard logging, checkpoints and progress bars.
 from __future__ import annotations
 
 import signal
-import sys
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
@@ -23,13 +22,14 @@ from project.factory import build_optimization, stepping_batches
 from project.finetuning import optimizer_parameters
 from project.metrics import StageMetrics, build_stage_metrics
 from project.module import ImageClassifier
-from project.preemption import Preempted, StopSignals, requeue, slurm_job_id, stop_message
+from project.preemption import StopSignals, slurm_job_id
 from project.progress import CountedBatches, EvaluationLines, LineProgress, ProgressBar, stdout_is_terminal
 from project.reference import loop
 from project.reference.checkpoints import checkpoint_dict, load_checkpoint
-from project.reference.distributed import EpochShuffled, any_rank, data_parallel, init_process_group, reseed
+from project.reference.distributed import EpochShuffled, data_parallel, init_process_group, reseed
 from project.reference.logger import ReferenceLogger, closed_on_error, next_version_dir
 from project.reference.settings import TrainerSettings, configure_determinism, count_batches
+from project.reference.stopping import ReferenceStop
 from project.rng import restore_rng
 
 
@@ -122,8 +122,10 @@ class ReferenceTrainer:
             state = checkpoint_dict(model, datamodule, optimizer, scheduler, logger.epoch, logger.steps, best)
             return {**state, "train_metrics": train_metrics.running_state()}
 
-        on_step = self._stop_at_step(signals, self._on_step(logger, lines), logger, state, num_train, first_batch)
-        on_epoch_end = self._epoch_end(model, datamodule, optimizer, scheduler, val_metrics, logger, lines, signals)
+        last = "last.ckpt"
+        stop = ReferenceStop(signals, s, lambda: self.log_dir / "checkpoints" / last, lambda c: self._save(c, last))
+        on_step = stop.after_steps(self._on_step(logger, lines), logger, state, num_train, first_batch)
+        on_epoch_end = self._epoch_end(model, datamodule, optimizer, scheduler, val_metrics, logger, lines, stop)
         # fine-tuning: the first epoch frozen or not here, each later one at the end of the one before
         model.backbone_freeze.set_epoch(first_epoch)
         with signals, out_of_memory_hinted(datamodule.batch_size, s.precision), closed_on_error(logger):
@@ -157,50 +159,7 @@ class ReferenceTrainer:
         model.net = single
         logger.close()
 
-    def _stop_at_step(self, signals: StopSignals, log_step, logger: ReferenceLogger, state, num_train, first_batch):
-        """What follows each optimizer step: ``log_step``, and on a stop signal a checkpoint that holds
-        the position in the epoch, then the exit. (Not in the epoch's last step: its end has a
-        checkpoint of its own.)"""
-        every = self.settings.accumulate_grad_batches
-        epoch_start = {"epoch": logger.epoch, "step": logger.steps - first_batch // every}
-
-        def on_step(loss: torch.Tensor) -> None:
-            log_step(loss)
-            if epoch_start["epoch"] != logger.epoch:  # a new epoch began
-                epoch_start.update(epoch=logger.epoch, step=logger.steps - 1)
-            done = (logger.steps - epoch_start["step"]) * every
-            if done >= num_train or not self._stop_asked(signals):
-                return
-            where = f"at epoch {logger.epoch}, batch {done - 1} (step {logger.steps})"
-            if self.settings.processes.distributed:
-                # Each rank takes its share of the order (a DistributedSampler), so the position inside
-                # an epoch is not one number: the restart redoes the epoch, as Lightning's does.
-                self._stop(signals, f"{where}; with several processes the restart redoes epoch {logger.epoch}", False)
-            if self.settings.enable_checkpointing and self.is_global_zero:
-                self._save({**state(), "mid_epoch": {"batches_done": done}}, "last.ckpt")
-            self._stop(signals, where)
-
-        return on_step
-
-    def _stop_asked(self, signals: StopSignals) -> bool:
-        asked = signals.received is not None
-        if self.settings.processes.distributed:  # every rank stops at the same step, whichever got the signal
-            asked = any_rank(asked, self.settings.device)
-        return asked
-
-    def _stop(self, signals: StopSignals, where: str, new: bool = True) -> None:
-        """Requeue if asked, say where it stopped and which ``last.ckpt`` a restart goes on from
-        (``new``: written just now), and exit with 128 + the signal."""
-        signum = signals.received or signal.SIGTERM  # another rank's signal
-        if self.is_global_zero:
-            if signals.requeue_requested:
-                requeue(slurm_job_id())
-            path = self.log_dir / "checkpoints" / "last.ckpt"
-            written = self.settings.enable_checkpointing and path.is_file()
-            print(stop_message(signum, path if written else None, where, new), file=sys.stderr, flush=True)
-        raise Preempted(signum)
-
-    def _epoch_end(self, model, datamodule, optimizer, scheduler, val_metrics, logger, lines, signals: StopSignals):
+    def _epoch_end(self, model, datamodule, optimizer, scheduler, val_metrics, logger, lines, stop: ReferenceStop):
         """What follows each epoch, as Lightning's hooks and callbacks do it: the loss check, the best
         score, logging, the callbacks, the epoch's progress line, and the checkpoints (before the
         epoch's scheduler step)."""
@@ -224,8 +183,8 @@ class ReferenceTrainer:
                     if improved:  # like ModelCheckpoint(mode="max"): a tie keeps the earlier best
                         self._save(state, "best.ckpt")
             model.backbone_freeze.set_epoch(epoch + 1)
-            if epoch + 1 < self.settings.max_epochs and self._stop_asked(signals):
-                self._stop(signals, f"after epoch {epoch}")
+            if epoch + 1 < self.settings.max_epochs and stop.asked():
+                stop.stop(f"after epoch {epoch}")
 
         return on_epoch_end
 

@@ -1,0 +1,76 @@
+"""Stop signals in the reference loop, as ``project.preemption.Preemption`` handles them for Lightning:
+the handler only records the signal; after the next optimizer step the loop writes ``last.ckpt`` with
+its position in the epoch, requeues under SLURM if asked, and exits with 128 + the signal.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from project.preemption import Preempted, StopSignals, requeue, slurm_job_id, stop_message
+from project.reference.distributed import any_rank
+from project.reference.logger import ReferenceLogger
+from project.reference.settings import TrainerSettings
+
+
+class ReferenceStop:
+    """Acts on ``signals`` at optimizer steps and epoch ends. ``last_checkpoint`` is where
+    ``last.ckpt`` goes (rank 0's run directory), ``save(state)`` writes it."""
+
+    def __init__(
+        self,
+        signals: StopSignals,
+        settings: TrainerSettings,
+        last_checkpoint: Callable[[], Path],
+        save: Callable[[dict], None],
+    ):
+        self.signals, self.settings = signals, settings
+        self.last_checkpoint, self.save = last_checkpoint, save
+
+    def after_steps(self, log_step, logger: ReferenceLogger, state: Callable[[], dict], num_train, first_batch):
+        """What follows each optimizer step: ``log_step``, and on a stop signal a checkpoint that holds
+        the position in the epoch, then the exit. (Not in the epoch's last step: its end has a
+        checkpoint of its own.)"""
+        every = self.settings.accumulate_grad_batches
+        epoch_start = {"epoch": logger.epoch, "step": logger.steps - first_batch // every}
+
+        def on_step(loss: torch.Tensor) -> None:
+            log_step(loss)
+            if epoch_start["epoch"] != logger.epoch:  # a new epoch began
+                epoch_start.update(epoch=logger.epoch, step=logger.steps - 1)
+            done = (logger.steps - epoch_start["step"]) * every
+            if done >= num_train or not self.asked():
+                return
+            where = f"at epoch {logger.epoch}, batch {done - 1} (step {logger.steps})"
+            if self.settings.processes.distributed:
+                # Each rank takes its share of the order (a DistributedSampler), so the position inside
+                # an epoch is not one number: the restart redoes the epoch, as Lightning's does.
+                self.stop(f"{where}; with several processes the restart redoes epoch {logger.epoch}", False)
+            if self.settings.enable_checkpointing and self.settings.processes.is_global_zero:
+                self.save({**state(), "mid_epoch": {"batches_done": done}})
+            self.stop(where)
+
+        return on_step
+
+    def asked(self) -> bool:
+        asked = self.signals.received is not None
+        if self.settings.processes.distributed:  # every rank stops at the same step, whichever got the signal
+            asked = any_rank(asked, self.settings.device)
+        return asked
+
+    def stop(self, where: str, new: bool = True) -> None:
+        """Requeue if asked, say where it stopped and which ``last.ckpt`` a restart goes on from
+        (``new``: written just now), and exit with 128 + the signal."""
+        signum = self.signals.received or signal.SIGTERM  # another rank's signal
+        if self.settings.processes.is_global_zero:
+            if self.signals.requeue_requested:
+                requeue(slurm_job_id())
+            path = self.last_checkpoint()
+            written = self.settings.enable_checkpointing and path.is_file()
+            print(stop_message(signum, path if written else None, where, new), file=sys.stderr, flush=True)
+        raise Preempted(signum)
