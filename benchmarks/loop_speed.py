@@ -1,8 +1,10 @@
 """Training speed of the Lightning path, the reference loop and a bare textbook loop, side by side.
 
-All three run in ONE process on one config, interleaved and repeated (the order rotates every
+All of them run in ONE process on one config, interleaved and repeated (the order rotates every
 round), so a noisy machine slows them alike. Each run is timed from the first training batch of
-epoch 1 to the first of the last epoch: whole epochs in steady state, validation included.
+epoch 1 to the first of the last epoch: whole epochs in steady state, validation included. The
+table also splits that time into the median step inside an epoch and the median epoch end (an
+epoch's last step, its validation, logging and checkpoints).
 
     python benchmarks/loop_speed.py                                   # digits on the CPU, small
     python benchmarks/loop_speed.py -c configs/gpu_fast.yaml --epochs 4 --repeats 3
@@ -11,8 +13,11 @@ On a machine that other jobs share, `--clock cpu --threads 1` times the process'
 thread instead of the wall clock, which the others' load does not stretch. Other options are
 `twinloop` config overrides. The bare loop is the textbook one: an fp32
 DataLoader loop with `zero_grad`, forward, loss, `backward`, `step` and a plain evaluation pass,
-no metrics, logging or checkpoints, whatever the config's fast-path switches. It prints a table
-and writes JSON (default: benchmarks/results/loop_speed-<device>.json).
+no metrics, logging or checkpoints, and none of the config's fast-path switches (no compile,
+channels_last, mixed precision or fused optimizer). `lightning_bare` runs the same parts in
+Lightning's Trainer with no logger, checkpoints or callbacks: what Lightning itself costs a step,
+against which the project's own overhead is measured. It prints a table and writes JSON (default:
+benchmarks/results/loop_speed-<device>.json).
 """
 
 from __future__ import annotations
@@ -30,9 +35,11 @@ from datetime import date
 from pathlib import Path
 
 import lightning
+import lightning as L
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from project.callbacks import PredictionCSV
 from project.cli import TwinloopCLI
 from project.reference.config import load_run
 
@@ -59,16 +66,27 @@ class Stopwatch:
 
     def result(self, epochs: int) -> dict:
         self.handle.remove()
-        n = len(self.times) // epochs  # every epoch takes the same number of batches
-        start, end = self.times[n], self.times[(epochs - 1) * n]
+        t, n = self.times, len(self.times) // epochs  # every epoch takes the same number of batches
+        start, end = t[n], t[(epochs - 1) * n]
         steps = (epochs - 2) * n
-        return {"seconds": end - start, "ms_per_step": 1000 * (end - start) / steps, "steps": steps}
+        epochs_timed = range(1, epochs - 1)
+        inside = [t[e * n + k + 1] - t[e * n + k] for e in epochs_timed for k in range(n - 1)]
+        epoch_ends = [t[(e + 1) * n] - t[(e + 1) * n - 1] for e in epochs_timed]
+        return {
+            "seconds": end - start,
+            "ms_per_step": 1000 * (end - start) / steps,
+            "steps": steps,
+            "ms_per_step_inside_epochs": 1000 * statistics.median(inside) if inside else None,
+            "ms_per_epoch_end": 1000 * statistics.median(epoch_ends),
+        }
 
 
 def run_lightning(args: list[str], epochs: int, workdir: Path) -> dict:
     cli = TwinloopCLI(
         args=[*args, f"--trainer.max_epochs={epochs}", f"--trainer.default_root_dir={workdir}"], run=False
     )
+    callbacks = cli.trainer.callbacks  # as `twinloop fit` has them: the predictions CSV is predict's
+    callbacks[:] = [c for c in callbacks if not isinstance(c, PredictionCSV)]
     clock = Stopwatch(cli.model.net, cli.trainer.strategy.root_device)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     return clock.result(epochs)
@@ -81,15 +99,25 @@ def run_reference(args: list[str], epochs: int, workdir: Path) -> dict:
     return clock.result(epochs)
 
 
-def run_bare(args: list[str], epochs: int, workdir: Path) -> dict:
-    """The textbook loop: fp32, DataLoaders, no metrics, no logging."""
-    run = load_run([*args, "--data.device_cache=false"])
+TEXTBOOK = ["--data.device_cache=false", "--model.compile=null", "--model.channels_last=false"]
+
+
+def textbook_parts(args: list[str]):
+    """The bare loop's data loaders, network, criterion and optimizer, without the fast-path switches."""
+    run = load_run([*args, *TEXTBOOK])
     dm, model, device = run.datamodule, run.model, run.trainer.settings.device
     dm.prepare_data()
     dm.setup("fit")
-    train_loader, val_loader = dm.train_dataloader(), dm.val_dataloader()
-    net, criterion = model.net.to(device), model.criterion
+    net = model.net.to(device)
     optimizer = model.optimizer_factory(net.parameters())
+    if optimizer.defaults.get("fused"):  # torch's default implementation, as a textbook builds it
+        optimizer = type(optimizer)(net.parameters(), **{**optimizer.defaults, "fused": None})
+    return dm.train_dataloader(), dm.val_dataloader(), net, model.criterion, optimizer, device
+
+
+def run_bare(args: list[str], epochs: int, workdir: Path) -> dict:
+    """The textbook loop: fp32, DataLoaders, no metrics, no logging."""
+    train_loader, val_loader, net, criterion, optimizer, device = textbook_parts(args)
     clock = Stopwatch(net, device)
     for _ in range(epochs):
         net.train()
@@ -106,7 +134,45 @@ def run_bare(args: list[str], epochs: int, workdir: Path) -> dict:
     return clock.result(epochs)
 
 
-LOOPS = {"lightning": run_lightning, "reference": run_reference, "bare": run_bare}
+class BareModule(L.LightningModule):
+    """The bare loop's step as a LightningModule: forward and loss, nothing logged or measured."""
+
+    def __init__(self, net: torch.nn.Module, criterion: torch.nn.Module, optimizer: torch.optim.Optimizer):
+        super().__init__()
+        self.net, self.criterion, self.optimizer = net, criterion, optimizer
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        return self.criterion(self.net(x), y)
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        x, y = batch
+        self.criterion(self.net(x), y)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return self.optimizer
+
+
+def run_lightning_bare(args: list[str], epochs: int, workdir: Path) -> dict:
+    """The bare loop's parts in Lightning's Trainer, with no logger, checkpoints or callbacks."""
+    train_loader, val_loader, net, criterion, optimizer, device = textbook_parts(args)
+    clock = Stopwatch(net, device)
+    trainer = L.Trainer(
+        accelerator=device.type,
+        devices=1,
+        max_epochs=epochs,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        default_root_dir=workdir,
+    )
+    trainer.fit(BareModule(net, criterion, optimizer), train_loader, val_loader)
+    return clock.result(epochs)
+
+
+LOOPS = {"lightning": run_lightning, "reference": run_reference, "bare": run_bare, "lightning_bare": run_lightning_bare}
 
 
 def flops_per_training_image(args: list[str]) -> float | None:
@@ -142,7 +208,7 @@ def measure(args: list[str], epochs: int, repeats: int) -> dict:
     results: dict[str, list[dict]] = {name: [] for name in LOOPS}
     order = list(LOOPS)
     for round_ in range(repeats):
-        for name in order[round_ % 3 :] + order[: round_ % 3]:
+        for name in order[round_ % len(order) :] + order[: round_ % len(order)]:
             with tempfile.TemporaryDirectory() as workdir:
                 if torch.cuda.is_available():
                     torch.cuda.reset_peak_memory_stats()
@@ -164,6 +230,8 @@ def summarize(args: list[str], results: dict, epochs: int) -> dict:
         loops[name] = {
             "ms_per_step": ms,
             "img_per_s": images_per_step * 1000 / ms,
+            "ms_per_step_inside_epochs": statistics.median(r["ms_per_step_inside_epochs"] for r in runs),
+            "ms_per_epoch_end": statistics.median(r["ms_per_epoch_end"] for r in runs),
             "runs_ms_per_step": [r["ms_per_step"] for r in runs],
             "peak_memory_mb": max((r.get("peak_memory_mb", 0) for r in runs), default=None) or None,
         }
@@ -196,6 +264,8 @@ def summarize(args: list[str], results: dict, epochs: int) -> dict:
             "lightning/bare": loops["lightning"]["img_per_s"] / loops["bare"]["img_per_s"],
         },
         "lightning_overhead_ms_per_step": loops["lightning"]["ms_per_step"] - loops["reference"]["ms_per_step"],
+        # what Lightning's Trainer itself costs a step, with nothing of the project's in it
+        "lightning_own_ms_per_step": loops["lightning_bare"]["ms_per_step"] - loops["bare"]["ms_per_step"],
     }
 
 
@@ -204,14 +274,18 @@ def print_table(summary: dict) -> None:
         f"{summary['device']}, torch {summary['torch']}, lightning {summary['lightning']}, {summary['precision']}, "
         f"{summary['clock']} clock, {summary['torch_threads']} torch threads"
     )
-    print(f"{'loop':<11}{'img/s':>11}{'ms/step':>10}{'MFU':>8}{'peak MB':>9}")
+    print(f"{'loop':<16}{'img/s':>9}{'ms/step':>9}{'in epoch':>10}{'epoch end':>11}{'MFU':>8}{'peak MB':>9}")
     for name, loop in summary["loops"].items():
         mfu = f"{100 * loop['mfu']:.1f}%" if loop["mfu"] is not None else "-"
         mem = f"{loop['peak_memory_mb']:.0f}" if loop["peak_memory_mb"] else "-"
-        print(f"{name:<11}{loop['img_per_s']:>11.0f}{loop['ms_per_step']:>10.3f}{mfu:>8}{mem:>9}")
+        print(
+            f"{name:<16}{loop['img_per_s']:>9.0f}{loop['ms_per_step']:>9.3f}{loop['ms_per_step_inside_epochs']:>10.3f}"
+            f"{loop['ms_per_epoch_end']:>11.2f}{mfu:>8}{mem:>9}"
+        )
     for key, value in summary["ratios"].items():
         print(f"{key:<20} {value:.3f}")
     print(f"Lightning overhead per step over the reference: {summary['lightning_overhead_ms_per_step']:+.3f} ms")
+    print(f"Lightning's own cost per step (lightning_bare - bare): {summary['lightning_own_ms_per_step']:+.3f} ms")
 
 
 def main(argv: list[str] | None = None) -> dict:

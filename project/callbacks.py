@@ -1,5 +1,5 @@
-"""Callbacks the CLI adds: best/last checkpoints, the predictions CSV, an out-of-memory hint, and
-progress lines for a stdout that is not a terminal."""
+"""Callbacks the CLI adds: best/last checkpoints, the predictions CSV, and progress lines for a
+stdout that is not a terminal."""
 
 from __future__ import annotations
 
@@ -8,19 +8,45 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import BasePredictionWriter, Callback, ModelCheckpoint, ProgressBar
+from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint, ProgressBar
 from lightning.pytorch.trainer.states import TrainerFn
 
-from project.errors import out_of_memory_hint
 from project.progress import EPOCH_KEYS, EvaluationLines, LineProgress
 
 
-class LatestCheckpoint(ModelCheckpoint):
+class EpochCheckpoint(ModelCheckpoint):
+    """Lightning's ``ModelCheckpoint``, with nothing to do between epochs when nothing saves there.
+
+    Lightning calls every hook of every callback at every step. With neither
+    ``every_n_train_steps`` nor ``train_time_interval`` set, ModelCheckpoint's per-batch hook only
+    finds that it has nothing to save, so it returns at once here; and the state key that Lightning
+    builds for each callback at each hook it calls is built once (what it is made of is fixed at
+    construction). The key keeps the name ``ModelCheckpoint``, so earlier checkpoints resume its state.
+    """
+
+    state_key_name = "ModelCheckpoint"
+
+    @property
+    def state_key(self) -> str:
+        if (key := self.__dict__.get("_state_key")) is None:
+            key = self.state_key_name + super().state_key.removeprefix(type(self).__qualname__)
+            self.__dict__["_state_key"] = key
+        return key
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
+        per_batch = self._every_n_train_steps >= 1 or self._train_time_interval is not None
+        if per_batch or not pl_module.automatic_optimization:
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+
+class LatestCheckpoint(EpochCheckpoint):
     """``last.ckpt`` rewritten after every training epoch, whether or not ``val/acc`` improved.
 
     (A monitored ``ModelCheckpoint(save_last=True)`` only rewrites it when a top-k file is saved,
     so resuming from "last" could silently go back to an older epoch.)
     """
+
+    state_key_name = "LatestCheckpoint"
 
     def __init__(self, dirpath: str | None = None):
         super().__init__(
@@ -68,14 +94,6 @@ class PredictionCSV(BasePredictionWriter):
                 writer.writerow([str(dataset.paths[i]), names[label], f"{p:.6f}"])
         self.written = out
         print(f"Wrote {len(rows)} predictions to {out}")
-
-
-class OutOfMemoryHint(Callback):
-    """Gives a device out-of-memory error the batch size and what to change, for the one-line report."""
-
-    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        if isinstance(exception, torch.OutOfMemoryError) and trainer.datamodule is not None:
-            exception.hint = out_of_memory_hint(trainer.datamodule.batch_size, str(trainer.precision))
 
 
 class LogLinesProgressBar(ProgressBar):

@@ -10,12 +10,12 @@ import torch
 from jsonargparse import Namespace
 from lightning.fabric.plugins.environments import ClusterEnvironment, SLURMEnvironment
 from lightning.pytorch import Trainer
-from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, ProgressBar
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.io import CheckpointIO
 
-from project.callbacks import LatestCheckpoint, LogLinesProgressBar, OutOfMemoryHint, PredictionCSV
+from project.callbacks import EpochCheckpoint, LatestCheckpoint, LogLinesProgressBar, PredictionCSV
 from project.checkpoint_io import AtomicCheckpointIO
 from project.data import SOURCES, ImageDataModule
 from project.errors import ConfigError, reported_as_exit
@@ -86,6 +86,7 @@ class TwinloopCLI(LightningCLI):
         kwargs.setdefault("trainer_class", BatchLimitTrainer)
         kwargs.setdefault("trainer_defaults", TRAINER_DEFAULTS)
         kwargs.setdefault("seed_everything_default", 42)
+        kwargs.setdefault("save_config_callback", SaveRunConfig)
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         # Under DDP Lightning asks for self.log(..., sync_dist=True) at epoch level; the module logs
         # values that torchmetrics has already summed over the ranks, so the advice does not apply.
@@ -103,7 +104,7 @@ class TwinloopCLI(LightningCLI):
         parser.link_arguments("data.class_names", "model.class_names", apply_on="instantiate")
         # One seed for the run: the data split, shuffling and augmentation follow seed_everything.
         parser.link_arguments("seed_everything", "data.seed", compute_fn=data_seed, apply_on="parse")
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(EpochCheckpoint, "checkpoint")
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val/acc",
@@ -186,24 +187,24 @@ class TwinloopCLI(LightningCLI):
     def _instantiate_trainer(self, config: dict, callbacks: list):
         """LightningCLI's one place to change the callbacks it gives the Trainer (private API;
         ``tests/test_cli.py`` fails if it changes): the checkpoint callbacks are always added from
-        the config, so `--trainer.enable_checkpointing=false` drops them here; the run's settings
-        go to the HPARAMS tab, and an out-of-memory error gets its hint. Checkpoints are written
-        and read through ``AtomicCheckpointIO`` unless ``--trainer.plugins`` names a CheckpointIO.
+        the config, so `--trainer.enable_checkpointing=false` drops them here, and the predictions
+        CSV goes outside predict (each callback costs Lightning a dispatch per hook at every step).
+        Checkpoints are written and read through ``AtomicCheckpointIO`` unless ``--trainer.plugins``
+        names a CheckpointIO.
         A stdout that is not a terminal (a log file) gets progress lines instead of tqdm's bar,
         unless the bar is off or ``--trainer.callbacks`` brings a progress bar of its own."""
         if config.get("enable_checkpointing") is False:
-            callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
-        if self.subcommand in ("fit", "validate", "test"):  # a callback costs Lightning a dispatch per hook a step
+            callbacks = [c for c in callbacks if not isinstance(c, EpochCheckpoint)]
+        if self.subcommand in ("fit", "validate", "test"):
             callbacks = [c for c in callbacks if not isinstance(c, PredictionCSV)]
         run_config = self.config[self.subcommand] if self.subcommand else self.config
         plugins = with_atomic_checkpoints(config.get("plugins"), config.get("strategy"))
         requeue_signal = (run_config.get("preemption") or {}).get("requeue_signal", "SIGUSR1")
         config = {**config, "plugins": with_slurm_requeue(plugins, requeue_signal)}
-        extra = [RunConfigLogger(run_config.as_dict()), OutOfMemoryHint()]
         own = config.get("callbacks") or []
         if wants_log_lines(config.get("enable_progress_bar"), [*(own if isinstance(own, list) else [own]), *callbacks]):
-            extra.append(LogLinesProgressBar())
-        return super()._instantiate_trainer(config, [*callbacks, *extra])
+            callbacks = [*callbacks, LogLinesProgressBar()]
+        return super()._instantiate_trainer(config, callbacks)
 
     def after_fit(self) -> None:
         if not self.trainer.is_global_zero:  # under DDP every rank gets here; rank 0 speaks for the run
@@ -264,20 +265,18 @@ def with_slurm_requeue(plugins: list, requeue_signal: str) -> list:
     return [*plugins, SLURMEnvironment(auto_requeue=True, requeue_signal=signal.Signals[requeue_signal])]
 
 
-class RunConfigLogger(Callback):
-    """The settings that shape a result into TensorBoard's HPARAMS tab, with val/acc, val/loss and
-    val/acc_best as its metrics (the full config is in the run's config.yaml).
+class SaveRunConfig(SaveConfigCallback):
+    """LightningCLI's ``config.yaml`` in the run directory and, for ``fit``, the settings that shape a
+    result in TensorBoard's HPARAMS tab, with val/acc, val/loss and val/acc_best as its metrics (the
+    full config is in config.yaml). One callback for both: Lightning calls each callback at every step.
 
-    Logged when training starts, after the data is prepared: a run that fails on missing data
-    leaves no log directory behind.
+    Both are written when the run sets up, after the data is prepared: a run that fails on missing
+    data leaves no log directory behind.
     """
 
-    def __init__(self, config: dict):
-        self.config = config
-
-    def on_train_start(self, trainer, pl_module) -> None:
-        if isinstance(trainer.logger, TensorBoardLogger) and trainer.is_global_zero:
-            log_hparams(trainer.logger.experiment, run_hparams(self.config))
+    def save_config(self, trainer: Trainer, pl_module, stage: str) -> None:
+        if stage == "fit" and isinstance(trainer.logger, TensorBoardLogger):
+            log_hparams(trainer.logger.experiment, run_hparams(self.config.as_dict()))
 
 
 def main(args: list[str] | None = None) -> None:

@@ -24,7 +24,7 @@ from project.data.scan import OnBadFile
 from project.data.source import SourceOptions
 from project.data.split import seeded_split
 from project.data.transforms import Stats
-from project.errors import ConfigError
+from project.errors import ConfigError, out_of_memory_hint
 
 
 class ImageDataModule(L.LightningDataModule):
@@ -226,6 +226,13 @@ class ImageDataModule(L.LightningDataModule):
             return batch.to(device, non_blocking=True)
         x, y = batch
         return x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+
+    def on_exception(self, exception: BaseException) -> None:
+        # The one-line report of a device out-of-memory error names the batch size and what to
+        # change (a hook here, not a callback: Lightning calls every callback at every step).
+        if isinstance(exception, torch.OutOfMemoryError):
+            precision = self.trainer.precision if self.trainer is not None else "32-true"
+            exception.hint = out_of_memory_hint(self.batch_size, str(precision))
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         # Train batches only: Lightning's trainer says which stage runs this batch. The model
