@@ -4,8 +4,61 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torchmetrics import Metric, MetricCollection, SumMetric
-from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
+from torchmetrics import Metric
+
+from project.errors import CheckpointError
+
+
+def class_counts(index: Tensor, n: int) -> Tensor:
+    """How often each of 0..n-1 occurs in ``index``: ``bincount``, which has no deterministic CUDA
+    kernel, so with deterministic algorithms on a GPU a comparison against every value instead."""
+    if index.is_cuda and torch.are_deterministic_algorithms_enabled():
+        return (index[:, None] == torch.arange(n, device=index.device)).sum(dim=0)
+    return torch.bincount(index, minlength=n)
+
+
+class EpochCounts(Metric):
+    """What one epoch adds up, as one torchmetrics state (summed over the ranks at ``compute``, once):
+    the loss times the batch size and the samples (a batch-size weighted mean, NaNs kept), the
+    top-1 hits, the top-5 hits (with more than five classes) and, if ``confusion``, the confusion
+    matrix (rows: true classes). One metric and a few tensor operations a step: one torchmetrics
+    object per number cost four times as much, every step."""
+
+    full_state_update = False
+
+    def __init__(self, num_classes: int, confusion: bool = False):
+        super().__init__()
+        self.num_classes = num_classes
+        self.top5 = num_classes > 5
+        self.confusion = confusion
+        self.add_state("loss_sum", torch.zeros(()), dist_reduce_fx="sum")
+        self.add_state("samples", torch.zeros(()), dist_reduce_fx="sum")
+        self.add_state("hits", torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
+        if self.top5:
+            self.add_state("hits_top5", torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
+        if confusion:
+            self.add_state("matrix", torch.zeros(num_classes, num_classes, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, logits: Tensor, target: Tensor, loss: Tensor) -> None:
+        self.loss_sum += loss * target.shape[0]
+        self.samples += target.shape[0]
+        pred = logits.argmax(dim=1)
+        self.hits += (pred == target).sum()
+        if self.top5:
+            self.hits_top5 += (logits.topk(5, dim=1).indices == target[:, None]).sum()
+        if self.confusion:
+            c = self.num_classes
+            self.matrix += class_counts(target * c + pred, c * c).view(c, c)
+
+    def compute(self) -> dict[str, Tensor]:
+        out = {"loss": self.loss_sum / self.samples, "acc": self.hits / self.samples}
+        if self.top5:
+            out["acc_top5"] = self.hits_top5 / self.samples
+        if self.confusion:
+            # each true class's hits over its samples; 0 for a class with none this epoch
+            out["acc_per_class"] = self.matrix.diagonal() / self.matrix.sum(dim=1).clamp(min=1)
+            out["confusion"] = self.matrix.clone()
+        return out
 
 
 class StageMetrics(nn.Module):
@@ -18,20 +71,8 @@ class StageMetrics(nn.Module):
     def __init__(self, stage: str, num_classes: int, detailed: bool = False, keep_misclassified: int = 16):
         super().__init__()
         self.stage = stage
-        # The batch-size weighted mean as two sums, NaNs kept: MeanMetric drops NaNs by default, and
-        # with nan_strategy="disable" it drops the weights instead (torchmetrics 1.9).
-        self.loss_sum = SumMetric(nan_strategy="disable")
-        self.samples = SumMetric(nan_strategy="disable")
-        # validate_args=False: the checks count the distinct labels of every batch (torch.unique), a
-        # host sync per step on a GPU; the labels come from the data sources, in range by construction.
-        metrics = {"acc": MulticlassAccuracy(num_classes, average="micro", validate_args=False)}
-        if num_classes > 5:
-            metrics["acc_top5"] = MulticlassAccuracy(num_classes, top_k=5, average="micro", validate_args=False)
-        self.scores = MetricCollection(metrics)
+        self.counts = EpochCounts(num_classes, confusion=detailed)
         self.detailed = detailed
-        if detailed:
-            self.per_class = MulticlassAccuracy(num_classes, average=None, validate_args=False)
-            self.confusion = MulticlassConfusionMatrix(num_classes, validate_args=False)
         self.keep_misclassified = keep_misclassified
         self.misclassified: list[tuple[Tensor, int, int]] = []
         self.best_acc: float | None = None  # over epochs: reset() keeps it
@@ -39,23 +80,18 @@ class StageMetrics(nn.Module):
     @torch.no_grad()
     def update(self, logits: Tensor, target: Tensor, loss: Tensor, images: Tensor | None = None) -> None:
         logits, loss = logits.detach().float(), loss.detach().float()
-        self.loss_sum.update(loss * target.shape[0])
-        self.samples.update(torch.full((), float(target.shape[0]), device=loss.device))  # a fill, not a host copy
-        self.scores.update(logits, target)
-        if self.detailed:
-            self.per_class.update(logits, target)
-            self.confusion.update(logits, target)
-            if images is not None and len(self.misclassified) < self.keep_misclassified:
-                pred = logits.argmax(dim=1)
-                for i in torch.nonzero(pred != target).flatten()[: self.keep_misclassified - len(self.misclassified)]:
-                    self.misclassified.append((images[i].detach().cpu(), int(target[i]), int(pred[i])))
+        self.counts.update(logits, target, loss)
+        if self.detailed and images is not None and len(self.misclassified) < self.keep_misclassified:
+            pred = logits.argmax(dim=1)
+            for i in torch.nonzero(pred != target).flatten()[: self.keep_misclassified - len(self.misclassified)]:
+                self.misclassified.append((images[i].detach().cpu(), int(target[i]), int(pred[i])))
 
     def compute(self) -> dict[str, Tensor]:
         """Scalars by TensorBoard tag, e.g. ``{"val/loss": ..., "val/acc": ...}``."""
+        counts = self.counts.compute()
         # Training logs the loss per step as train/loss, so its epoch mean gets a tag of its own.
-        loss_tag = "loss_epoch" if self.stage == "train" else "loss"
-        out = {f"{self.stage}/{loss_tag}": self.loss_sum.compute() / self.samples.compute()}
-        out.update({f"{self.stage}/{k}": v for k, v in self.scores.compute().items()})
+        out = {f"{self.stage}/{'loss_epoch' if self.stage == 'train' else 'loss'}": counts["loss"]}
+        out.update({f"{self.stage}/{k}": counts[k] for k in ("acc", "acc_top5") if k in counts})
         return out
 
     def record_best(self, acc: float) -> bool:
@@ -70,13 +106,12 @@ class StageMetrics(nn.Module):
         """``compute()`` plus the best accuracy so far (``record_best`` keeps it) and per-class
         accuracy ``f"{stage}/acc_class/<name>"``.
 
-        Under a process group every rank calls it: each metric is summed over the ranks here, the
+        Under a process group every rank calls it: the counts are summed over the ranks here, the
         confusion matrix included, so that rank 0 alone can draw it afterwards (torchmetrics keeps
-        the synced value until ``reset``; a collective on one rank only would hang or crash the others).
+        the summed value until ``reset``; a collective on one rank only would hang or crash the others).
         """
         results = self.compute()
-        per_class = self.per_class.compute()
-        self.confusion.compute()
+        per_class = self.counts.compute()["acc_per_class"]
         best = self.best_acc if self.best_acc is not None else float(results[f"{self.stage}/acc"])
         return {
             **results,
@@ -85,33 +120,26 @@ class StageMetrics(nn.Module):
         }
 
     def confusion_matrix(self) -> Tensor:
-        return self.confusion.compute()
+        return self.counts.compute()["confusion"]
 
     def running_state(self) -> dict[str, Tensor]:
         """The sums and counts gathered so far this epoch: a checkpoint written inside an epoch carries
         them, so that the resumed epoch's means cover all of its batches."""
-        return {
-            f"{name}.{attr}": getattr(metric, attr).detach().clone()
-            for name, metric in self.named_modules()
-            if isinstance(metric, Metric)
-            for attr in metric._defaults
-        }
+        return {name: getattr(self.counts, name).detach().clone() for name in self.counts._defaults}
 
     def load_running_state(self, state: dict[str, Tensor]) -> None:
-        metrics = dict(self.named_modules())
-        for key, value in state.items():
-            name, attr = key.rsplit(".", 1)
-            metric = metrics[name]
-            setattr(metric, attr, value.to(getattr(metric, attr).device))
-            metric._update_count, metric._computed = max(metric._update_count, 1), None
+        if set(state) != set(self.counts._defaults):
+            raise CheckpointError(
+                f"--ckpt_path: the checkpoint was written inside an epoch, and its epoch's running metrics "
+                f"({', '.join(sorted(state))}) are not the {', '.join(sorted(self.counts._defaults))} this version "
+                "keeps: resume from a checkpoint written at an epoch's end"
+            )
+        for name, value in state.items():
+            setattr(self.counts, name, value.to(getattr(self.counts, name).device))
+        self.counts._update_count, self.counts._computed = max(self.counts._update_count, 1), None
 
     def reset(self) -> None:
-        self.loss_sum.reset()
-        self.samples.reset()
-        self.scores.reset()
-        if self.detailed:
-            self.per_class.reset()
-            self.confusion.reset()
+        self.counts.reset()
         self.misclassified = []
 
 

@@ -1,8 +1,8 @@
 """Ground truth for which epoch the "best" and "last" checkpoints hold, for hand-made validation scores.
 
-Each run's validation accuracy is scripted: the validation metrics' accuracy object is swapped for
-one that reports the next value of a hand-made sequence at each validation epoch. Everything else
-is real: the loss and the other metrics, ``record_best``, Lightning's ``ModelCheckpoint`` and
+Each run's validation accuracy is scripted: the validation metrics report the next value of a
+hand-made sequence as their accuracy at each validation epoch. Everything else is real: the loss
+and the other metrics, ``record_best``, Lightning's ``ModelCheckpoint`` and
 ``LatestCheckpoint`` as the CLI configures them, and the reference trainer's own checkpoint code.
 """
 
@@ -10,36 +10,38 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
 
 import project.module
 import project.reference.trainer
 from project.cli import TwinloopCLI
-from project.metrics import build_stage_metrics
+from project.metrics import StageMetrics, build_stage_metrics
 from project.reference.config import load_run
 from tests.helpers import FAST
 
 pytestmark = pytest.mark.fit  # every test here trains with a loop
 
 
-class ScriptedScores(nn.Module):
-    """Stands in for the validation ``scores`` collection: each validation epoch (the first update after
-    a reset) reports the next scripted accuracy, whatever the predictions were."""
+class ScriptedValidation(StageMetrics):
+    """Validation metrics whose accuracy (top-1 and top-5) is the next scripted value at each
+    validation epoch (the first update after a reset), whatever the predictions were."""
 
-    def __init__(self, script: list[float], num_classes: int):
-        super().__init__()
-        self.script, self.num_classes = script, num_classes
+    def __init__(self, script: list[float], num_classes: int, keep_misclassified: int):
+        super().__init__("val", num_classes, detailed=True, keep_misclassified=keep_misclassified)
+        self.script = script
         self.epoch, self.fresh = -1, True
 
-    def update(self, logits, target) -> None:
+    def update(self, *args, **kwargs) -> None:
         if self.fresh:
             self.epoch, self.fresh = self.epoch + 1, False
+        super().update(*args, **kwargs)
 
     def compute(self) -> dict[str, torch.Tensor]:
+        results = super().compute()
         acc = torch.tensor(self.script[self.epoch])
-        return {"acc": acc, "acc_top5": acc} if self.num_classes > 5 else {"acc": acc}
+        return {**results, **{k: acc for k in ("val/acc", "val/acc_top5") if k in results}}
 
     def reset(self) -> None:
+        super().reset()
         self.fresh = True
 
 
@@ -48,11 +50,10 @@ def scripted(monkeypatch):
     """``scripted(scores)`` makes every validation metrics built from now on report ``scores``, epoch by epoch."""
 
     def script(scores: list[float]) -> None:
-        def build(stage, num_classes, *args, **kwargs):
-            metrics = build_stage_metrics(stage, num_classes, *args, **kwargs)
+        def build(stage, num_classes, num_misclassified_images=16):
             if stage == "val":
-                metrics.scores = ScriptedScores(scores, num_classes)
-            return metrics
+                return ScriptedValidation(scores, num_classes, num_misclassified_images)
+            return build_stage_metrics(stage, num_classes, num_misclassified_images)
 
         monkeypatch.setattr(project.module, "build_stage_metrics", build)
         monkeypatch.setattr(project.reference.trainer, "build_stage_metrics", build)

@@ -201,7 +201,8 @@ def test_only_validation_keeps_the_detailed_metrics(stage, detailed):
     """build_stage_metrics gives validation per-class accuracy and the confusion matrix."""
     metrics = build_stage_metrics(stage, 4)
     assert metrics.detailed is detailed and metrics.stage == stage
-    assert hasattr(metrics, "confusion") is detailed
+    metrics.update(logits_predicting(PRED, 4), torch.tensor(TRUE), torch.tensor(1.0))
+    assert ("acc_per_class" in metrics.counts.compute()) is detailed
 
 
 def test_misclassified_keeps_the_first_wrong_images_with_true_and_predicted_class():
@@ -228,3 +229,38 @@ def test_misclassified_default_limit_is_sixteen():
     metrics = build_stage_metrics("val", 2)
     metrics.update(logits_predicting([1] * 20, 2), torch.zeros(20, dtype=torch.long), torch.tensor(0.0), torch.ones(20))
     assert len(metrics.misclassified) == 16 == StageMetrics("val", 2, detailed=True).keep_misclassified
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_confusion_matrix_is_the_hand_count_with_and_without_deterministic_algorithms(device, deterministic):
+    """bincount, or (deterministic on a GPU, where bincount has no such kernel) a comparison per class:
+    the same hand count either way."""
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(deterministic)
+    try:
+        metrics = build_stage_metrics("val", 4).to(device)
+        logits, target = logits_predicting(PRED, 4).to(device), torch.tensor(TRUE, device=device)
+        for b in BATCHES:
+            metrics.update(logits[b], target[b], torch.tensor(1.0, device=device))
+        assert metrics.confusion_matrix().tolist() == CONFUSION
+    finally:
+        torch.use_deterministic_algorithms(before)
+
+
+def test_a_mid_epoch_state_of_another_layout_is_refused_with_what_to_do():
+    """A checkpoint from inside an epoch whose running sums this version does not keep: a clear
+    error, not a KeyError, and nothing loaded."""
+    from project.errors import CheckpointError
+
+    metrics = build_stage_metrics("train", 10)
+    metrics.update(torch.zeros(2, 10), torch.zeros(2, dtype=torch.long), torch.tensor(1.0))
+    old_layout = {"loss_sum.sum_value": torch.tensor(5.0), "samples.sum_value": torch.tensor(2.0)}
+    with pytest.raises(CheckpointError, match="resume from a checkpoint written at an epoch's end"):
+        metrics.load_running_state(old_layout)
+    assert metrics.compute()["train/loss_epoch"].item() == 1.0
+    again = build_stage_metrics("train", 10)
+    again.load_running_state(metrics.running_state())  # this version's own layout loads
+    assert again.compute() == metrics.compute()

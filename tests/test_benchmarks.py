@@ -1,0 +1,47 @@
+"""The speed benchmark runs end to end and reports figures that agree with each other (no timing is asserted)."""
+
+import json
+import sys
+
+import pytest
+
+from tests.helpers import REPO
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+import loop_speed  # noqa: E402
+
+pytestmark = pytest.mark.fit  # it trains every loop
+
+
+def test_loop_speed_measures_the_four_loops_and_derives_its_ratios_from_them(tmp_path, monkeypatch):
+    """Three epochs of each loop on digits: every loop timed over the one epoch between warm-up and
+    the last, and the ratios and overheads are those of the per-step times it printed."""
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "speed.json"
+    args = ["--epochs", "3", "--repeats", "1", "--json", str(out), "-c", str(REPO / "configs/digits.yaml")]
+    summary = loop_speed.main(args)
+    assert json.loads(out.read_text()) == json.loads(json.dumps(summary))
+    loops = summary["loops"]
+    assert set(loops) == {"lightning", "reference", "bare", "lightning_bare"}
+    for loop in loops.values():
+        assert loop["ms_per_step"] > 0 and loop["ms_per_step_inside_epochs"] > 0 and loop["ms_per_epoch_end"] > 0
+        assert loop["img_per_s"] == pytest.approx(64 * 1000 / loop["ms_per_step"])
+        assert 0 < loop["mfu"] < 1
+    ms = {name: loop["ms_per_step"] for name, loop in loops.items()}
+    assert summary["ratios"]["lightning/reference"] == pytest.approx(ms["reference"] / ms["lightning"])
+    assert summary["ratios"]["reference/bare"] == pytest.approx(ms["bare"] / ms["reference"])
+    assert summary["lightning_overhead_ms_per_step"] == pytest.approx(ms["lightning"] - ms["reference"])
+    assert summary["lightning_own_ms_per_step"] == pytest.approx(ms["lightning_bare"] - ms["bare"])
+    assert summary["epochs"] == 3 and summary["repeats"] == 1 and summary["device"].startswith("CPU")
+
+
+def test_the_textbook_parts_have_none_of_the_fast_path_switches():
+    """The bare loops train an eager network in the default memory format with torch's default
+    optimizer implementation, whatever the config switches on."""
+    args = ["-c", str(REPO / "configs/digits.yaml"), "--model.compile=default", "--model.channels_last=true"]
+    args += ["--model.optimizer.init_args.fused=true", "--data.device_cache=true"]
+    train_loader, _, net, _, optimizer, _ = loop_speed.textbook_parts(args)
+    assert net._compiled_call_impl is None  # nn.Module.compile() sets it
+    assert all(p.is_contiguous() for p in net.parameters())
+    assert not optimizer.defaults["fused"] and optimizer.defaults["nesterov"]
+    assert type(train_loader).__name__ == "DataLoader"
