@@ -29,7 +29,7 @@ python3 -m project.compare -c "$repo/configs/digits.yaml" --trainer.accelerator=
 #    and the small CNN's per-step overhead
 cd "$repo"
 fake=(--data.dataset=fake --data.fake_size=50000 "--data.fake_image_shape=[3,32,32]")
-python3 benchmarks/loop_speed.py -c configs/gpu_fast.yaml "${fake[@]}" --epochs 4 --repeats 2 \
+python3 benchmarks/loop_speed.py -c configs/gpu_fast.yaml "${fake[@]}" --epochs 4 --repeats 2 --skip_lightning_bare \
     --json "$out/loop_speed-resnet18-fast.json" 2>/dev/null | tee "$out/loop_speed-resnet18-fast.txt"
 python3 benchmarks/loop_speed.py -c configs/digits.yaml --data.dataset=fake --data.fake_size=20000 \
     "--data.fake_image_shape=[1,28,28]" --data.batch_size=128 --data.device_cache=true --epochs 5 --repeats 3 \

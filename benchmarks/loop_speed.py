@@ -204,9 +204,9 @@ def peak_flops(device: torch.device, dtype: torch.dtype) -> float:
     return 2 * n**3 * reps / (time.perf_counter() - start)
 
 
-def measure(args: list[str], epochs: int, repeats: int) -> dict:
-    results: dict[str, list[dict]] = {name: [] for name in LOOPS}
-    order = list(LOOPS)
+def measure(args: list[str], epochs: int, repeats: int, loops: list[str]) -> dict:
+    results: dict[str, list[dict]] = {name: [] for name in loops}
+    order = list(loops)
     for round_ in range(repeats):
         for name in order[round_ % len(order) :] + order[: round_ % len(order)]:
             with tempfile.TemporaryDirectory() as workdir:
@@ -265,7 +265,9 @@ def summarize(args: list[str], results: dict, epochs: int) -> dict:
         },
         "lightning_overhead_ms_per_step": loops["lightning"]["ms_per_step"] - loops["reference"]["ms_per_step"],
         # what Lightning's Trainer itself costs a step, with nothing of the project's in it
-        "lightning_own_ms_per_step": loops["lightning_bare"]["ms_per_step"] - loops["bare"]["ms_per_step"],
+        "lightning_own_ms_per_step": (
+            loops["lightning_bare"]["ms_per_step"] - loops["bare"]["ms_per_step"] if "lightning_bare" in loops else None
+        ),
     }
 
 
@@ -285,7 +287,8 @@ def print_table(summary: dict) -> None:
     for key, value in summary["ratios"].items():
         print(f"{key:<20} {value:.3f}")
     print(f"Lightning overhead per step over the reference: {summary['lightning_overhead_ms_per_step']:+.3f} ms")
-    print(f"Lightning's own cost per step (lightning_bare - bare): {summary['lightning_own_ms_per_step']:+.3f} ms")
+    if summary["lightning_own_ms_per_step"] is not None:
+        print(f"Lightning's own cost per step (lightning_bare - bare): {summary['lightning_own_ms_per_step']:+.3f} ms")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -297,6 +300,11 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument("--clock", choices=CLOCKS, default="wall", help="wall clock, or this process's CPU time")
     parser.add_argument("--threads", type=int, help="torch's intra-op threads (default: torch's choice)")
+    parser.add_argument(
+        "--skip_lightning_bare",
+        action="store_true",
+        help="leave out the bare loop in Lightning (where its DataLoader epochs are slow and its figure not needed)",
+    )
     opts, rest = parser.parse_known_args(argv)
     global CLOCK
     CLOCK = CLOCKS[opts.clock]
@@ -306,7 +314,8 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error("--epochs must be at least 3")
     args = [*QUIET, "--model.log_images_every_n_epochs=0", *(rest or ["-c", "configs/digits.yaml"])]
     warnings.filterwarnings("ignore")
-    summary = summarize(args, measure(args, opts.epochs, opts.repeats), opts.epochs)
+    loops = [name for name in LOOPS if not (opts.skip_lightning_bare and name == "lightning_bare")]
+    summary = summarize(args, measure(args, opts.epochs, opts.repeats, loops), opts.epochs)
     print_table(summary)
     default = Path("benchmarks/results") / f"loop_speed-{'gpu' if torch.cuda.is_available() else 'cpu'}.json"
     out = Path(opts.json) if opts.json else default

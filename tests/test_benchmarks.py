@@ -45,3 +45,12 @@ def test_the_textbook_parts_have_none_of_the_fast_path_switches():
     assert all(p.is_contiguous() for p in net.parameters())
     assert not optimizer.defaults["fused"] and optimizer.defaults["nesterov"]
     assert type(train_loader).__name__ == "DataLoader"
+
+
+def test_loop_speed_can_leave_out_the_bare_loop_in_lightning(tmp_path, monkeypatch):
+    """--skip_lightning_bare (the GPU run's slow DataLoader epochs): three loops, no figure of Lightning's own."""
+    monkeypatch.chdir(tmp_path)
+    args = ["--epochs", "3", "--repeats", "1", "--skip_lightning_bare", "--json", str(tmp_path / "s.json")]
+    summary = loop_speed.main([*args, "-c", str(REPO / "configs/digits.yaml")])
+    assert set(summary["loops"]) == {"lightning", "reference", "bare"}
+    assert summary["lightning_own_ms_per_step"] is None
