@@ -1,7 +1,7 @@
-"""Where a training step's time goes, in the Lightning path, the reference loop and the bare loop.
+"""Where a training step's time goes, in the Lightning path, the reference loop and the bare loops.
 
-A sampling profile of one process that runs the three loops interleaved (``loop_speed``'s runs), so
-the machine's load falls on all three alike, and a report that splits each loop's training-batch
+A sampling profile of one process that runs ``loop_speed``'s loops interleaved, so the machine's
+load falls on all of them alike, and a report that splits each loop's training-batch
 samples into the network's forward, backward, the optimizer's arithmetic, metrics, data and the
 rest ("loop overhead": the framework's or the loop's own Python), with the heaviest frames of that
 rest. py-spy (``pip install py-spy``) does the sampling:
@@ -22,12 +22,15 @@ import tempfile
 import warnings
 from pathlib import Path
 
-# A sample belongs to a loop's training batches when its stack holds that loop's frame.
+# A sample belongs to a loop's training batches when its stack holds all of that loop's frames.
 LOOP_MARKERS = {
-    "lightning": "training_epoch_loop.py",
-    "reference": "train_one_epoch",
-    "bare": "run_bare",
+    "lightning": ("run_lightning (", "training_epoch_loop.py"),
+    "reference": ("train_one_epoch",),
+    "bare": ("run_bare",),
+    "lightning_bare": ("run_lightning_bare (", "training_epoch_loop.py"),
 }
+SETUP = "textbook_parts"  # the bare loops' set-up (parsing the config, building the parts): no batch
+
 # The innermost frame that matches decides the share (so metrics inside Lightning's closure count
 # as metrics, not as the optimizer step that runs the closure).
 SHARES = [
@@ -53,12 +56,12 @@ def share_of(frames: list[str]) -> tuple[str, str | None]:
 
 def report(raw: Path, top: int) -> None:
     """Print each loop's shares and its heaviest loop-overhead frames, from py-spy's raw output."""
-    for loop, marker in LOOP_MARKERS.items():
+    for loop, markers in LOOP_MARKERS.items():
         total, shares, overhead = 0, collections.Counter(), collections.Counter()
         for line in raw.read_text().splitlines():
             stack, _, count = line.rpartition(" ")
             frames = stack.split(";")
-            if not any(marker in f for f in frames):
+            if not all(any(marker in f for f in frames) for marker in markers) or any(SETUP in f for f in frames):
                 continue
             n = int(count)
             total += n
