@@ -9,14 +9,6 @@ from torchmetrics import Metric
 from project.errors import CheckpointError
 
 
-def class_counts(index: Tensor, n: int) -> Tensor:
-    """How often each of 0..n-1 occurs in ``index``: ``bincount``, which has no deterministic CUDA
-    kernel, so with deterministic algorithms on a GPU a comparison against every value instead."""
-    if index.is_cuda and torch.are_deterministic_algorithms_enabled():
-        return (index[:, None] == torch.arange(n, device=index.device)).sum(dim=0)
-    return torch.bincount(index, minlength=n)
-
-
 class EpochCounts(Metric):
     """What one epoch adds up, as one torchmetrics state (summed over the ranks at ``compute``, once):
     the loss times the batch size and the samples (a batch-size weighted mean, NaNs kept), the
@@ -26,13 +18,14 @@ class EpochCounts(Metric):
 
     full_state_update = False
 
-    def __init__(self, num_classes: int, confusion: bool = False):
+    def __init__(self, num_classes: int, confusion: bool):
         super().__init__()
         self.num_classes = num_classes
         self.top5 = num_classes > 5
         self.confusion = confusion
         self.add_state("loss_sum", torch.zeros(()), dist_reduce_fx="sum")
-        self.add_state("samples", torch.zeros(()), dist_reduce_fx="sum")
+        # counts are integers: exact past the 2**24 samples a float32 sum can count one by one
+        self.add_state("samples", torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
         self.add_state("hits", torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
         if self.top5:
             self.add_state("hits_top5", torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
@@ -48,7 +41,8 @@ class EpochCounts(Metric):
             self.hits_top5 += (logits.topk(5, dim=1).indices == target[:, None]).sum()
         if self.confusion:
             c = self.num_classes
-            self.matrix += class_counts(target * c + pred, c * c).view(c, c)
+            # bincount (no weights) is deterministic on a GPU too
+            self.matrix += torch.bincount(target * c + pred, minlength=c * c).view(c, c)
 
     def compute(self) -> dict[str, Tensor]:
         out = {"loss": self.loss_sum / self.samples, "acc": self.hits / self.samples}

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from project.metrics import StageMetrics, build_stage_metrics
+from project.metrics import EpochCounts, StageMetrics, build_stage_metrics
 
 # 10 samples, 4 classes, asymmetric on purpose: true 0 -> predicted 1 twice, true 1 -> predicted 0 once,
 # true 2 -> predicted 0 once, never the other way round.
@@ -234,8 +234,8 @@ def test_misclassified_default_limit_is_sixteen():
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
 @pytest.mark.parametrize("deterministic", [False, True])
 def test_confusion_matrix_is_the_hand_count_with_and_without_deterministic_algorithms(device, deterministic):
-    """bincount, or (deterministic on a GPU, where bincount has no such kernel) a comparison per class:
-    the same hand count either way."""
+    """The confusion matrix's bincount (without weights) runs and gives the hand count under
+    deterministic algorithms too, on the CPU and on a GPU."""
     if device == "cuda" and not torch.cuda.is_available():
         pytest.skip("needs CUDA")
     before = torch.are_deterministic_algorithms_enabled()
@@ -252,15 +252,56 @@ def test_confusion_matrix_is_the_hand_count_with_and_without_deterministic_algor
 
 def test_a_mid_epoch_state_of_another_layout_is_refused_with_what_to_do():
     """A checkpoint from inside an epoch whose running sums this version does not keep: a clear
-    error, not a KeyError, and nothing loaded."""
+    error naming both layouts, not a KeyError, and nothing loaded."""
     from project.errors import CheckpointError
 
     metrics = build_stage_metrics("train", 10)
     metrics.update(torch.zeros(2, 10), torch.zeros(2, dtype=torch.long), torch.tensor(1.0))
     old_layout = {"loss_sum.sum_value": torch.tensor(5.0), "samples.sum_value": torch.tensor(2.0)}
-    with pytest.raises(CheckpointError, match="resume from a checkpoint written at an epoch's end"):
+    message = (
+        "--ckpt_path: the checkpoint was written inside an epoch, and its epoch's running metrics "
+        "(loss_sum.sum_value, samples.sum_value) are not the hits, hits_top5, loss_sum, samples this version "
+        "keeps: resume from a checkpoint written at an epoch's end"
+    )
+    with pytest.raises(CheckpointError) as info:
         metrics.load_running_state(old_layout)
+    assert str(info.value) == message
     assert metrics.compute()["train/loss_epoch"].item() == 1.0
     again = build_stage_metrics("train", 10)
     again.load_running_state(metrics.running_state())  # this version's own layout loads
     assert again.compute() == metrics.compute()
+
+
+def test_counts_stay_exact_past_two_to_the_24():
+    """Samples, hits and confusion cells are integers: one more sample after 2**24 of them counts
+    (a float32 sum would stay at 2**24), and the accuracy of all-correct samples is exactly 1."""
+    big = 2**24
+    metrics = build_stage_metrics("val", 10)
+    state = metrics.running_state()  # each count at 2**24, in the dtype the metric keeps it in
+    for name in ("samples", "hits", "hits_top5"):
+        state[name] = torch.full_like(state[name], big)
+    state["matrix"][3, 3] = big
+    metrics.load_running_state(state)
+    metrics.update(logits_predicting([3], 10), torch.tensor([3]), torch.tensor(0.0))
+    counts = metrics.counts
+    assert [int(counts.samples), int(counts.hits), int(counts.hits_top5)] == [big + 1] * 3
+    assert metrics.confusion_matrix()[3, 3].item() == big + 1 and metrics.confusion_matrix().dtype == torch.long
+    results = metrics.compute()
+    assert results["val/acc"].item() == 1.0 and results["val/acc_top5"].item() == 1.0
+
+
+def test_every_count_is_summed_over_the_ranks():
+    """Under DDP torchmetrics gathers each state from every rank and reduces it: two ranks holding
+    the same batches give twice every count and the same loss and accuracies."""
+    target = [0, 1, 2, 3, 4, 5, 6]  # 7 classes: top-5 hits are counted too
+    metrics = fed("val", 7, logits_ranking(target, [0, 4, 5, 6, 2, 1, 5], 7), torch.tensor(target), [slice(0, 7)])
+    local = {k: v.clone() for k, v in metrics.running_state().items()}
+    assert set(local) == {"loss_sum", "samples", "hits", "hits_top5", "matrix"}
+    single = EpochCounts.compute(metrics.counts)  # the class's own compute: no sync around it
+    metrics.counts.sync(dist_sync_fn=lambda tensor, group=None: [tensor, tensor], distributed_available=lambda: True)
+    for name, value in local.items():
+        assert torch.equal(getattr(metrics.counts, name), 2 * value), name
+    synced = EpochCounts.compute(metrics.counts)
+    for key in ("loss", "acc", "acc_top5", "acc_per_class"):
+        torch.testing.assert_close(synced[key], single[key], rtol=0, atol=0)
+    assert torch.equal(synced["confusion"], 2 * single["confusion"])
