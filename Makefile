@@ -6,10 +6,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: help install fit test lint format tensorboard mutation clean
+.PHONY: help install fit test test-slow lint format tensorboard mutation clean
 
 help:  ## list the targets
-	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 install: $(STAMP)  ## create .venv and install torch and the project (make fit/test do it themselves)
 
@@ -23,8 +23,11 @@ $(STAMP): pyproject.toml
 fit: $(STAMP)  ## train the default digits config, print the validation accuracy
 	$(BIN)/twinloop fit -c configs/digits.yaml
 
-test: $(STAMP)  ## the whole test suite (offline, CPU)
-	$(BIN)/python -m pytest -q
+test: $(STAMP)  ## the test suite but its few slow end-to-end runs (offline, CPU; under 10 min on 2 cores)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+test-slow: $(STAMP)  ## the slow end-to-end runs (stop/restart cycles, notebooks, log files, ...); CI runs them too
+	$(BIN)/python -m pytest -q -m slow
 
 lint: $(STAMP)  ## ruff check and ruff format --check
 	$(BIN)/ruff check project tests benchmarks
