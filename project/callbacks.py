@@ -4,6 +4,7 @@ stdout that is not a terminal."""
 from __future__ import annotations
 
 import csv
+from functools import cached_property
 from pathlib import Path
 
 import lightning as L
@@ -26,12 +27,9 @@ class EpochCheckpoint(ModelCheckpoint):
 
     state_key_name = "ModelCheckpoint"
 
-    @property
+    @cached_property
     def state_key(self) -> str:
-        if (key := self.__dict__.get("_state_key")) is None:
-            key = self.state_key_name + super().state_key.removeprefix(type(self).__qualname__)
-            self.__dict__["_state_key"] = key
-        return key
+        return self.state_key_name + super().state_key.removeprefix(type(self).__qualname__)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
         per_batch = self._every_n_train_steps >= 1 or self._train_time_interval is not None

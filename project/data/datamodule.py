@@ -230,9 +230,8 @@ class ImageDataModule(L.LightningDataModule):
     def on_exception(self, exception: BaseException) -> None:
         # The one-line report of a device out-of-memory error names the batch size and what to
         # change (a hook here, not a callback: Lightning calls every callback at every step).
-        if isinstance(exception, torch.OutOfMemoryError):
-            precision = self.trainer.precision if self.trainer is not None else "32-true"
-            exception.hint = out_of_memory_hint(self.batch_size, str(precision))
+        if isinstance(exception, torch.OutOfMemoryError):  # only a trainer calls this: it is set
+            exception.hint = out_of_memory_hint(self.batch_size, str(self.trainer.precision))
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         # Train batches only: Lightning's trainer says which stage runs this batch. The model
