@@ -56,7 +56,8 @@ class Stopwatch:
     def __init__(self, net: torch.nn.Module, device: torch.device):
         self.times: list[float] = []
         self.device = device
-        self.handle = net.register_forward_pre_hook(self._stamp)
+        # Outside any graph of a compiled network: traced, the clock would recompile it at every step.
+        self.handle = net.register_forward_pre_hook(torch.compiler.disable(self._stamp))
 
     def _stamp(self, module, inputs) -> None:
         if module.training and torch.is_grad_enabled():

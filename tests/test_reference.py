@@ -142,3 +142,28 @@ def test_reference_checkpoints_hold_the_class_names():
     run.trainer.fit(run.model, run.datamodule)
     checkpoint = torch.load("ref/checkpoints/last.ckpt", weights_only=True)
     assert checkpoint["class_names"] == [str(i) for i in range(10)]
+
+
+def test_the_loggers_batch_hook_stays_out_of_a_compiled_networks_graph(tmp_path):
+    """With the network compiled, dynamo traces its hooks too; the logger's (which writes and reads a
+    step counter) is left to run as it is, so the network is compiled once, not again every step."""
+    from torch._dynamo.testing import CompileCounter
+    from torch._dynamo.utils import counters
+
+    from project.models.simple_cnn import SimpleCNN
+    from project.monitoring import PictureLog
+    from project.reference.logger import ReferenceLogger
+
+    torch._dynamo.reset()
+    counters.clear()
+    net = SimpleCNN(10, in_channels=1)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+    logger = ReferenceLogger(tmp_path, 2, PictureLog(0, (0.0,), (1.0,)), [str(i) for i in range(10)])
+    logger.watch(net, optimizer)
+    backend = CompileCounter()
+    net.compile(backend=backend)
+    for _ in range(6):
+        logger.on_step(net(torch.randn(4, 1, 8, 8)).sum())
+    logger.close()
+    assert logger.steps == 6 and backend.frame_count == 1
+    assert counters["frames"]["total"] == 1  # the hook's frame is not traced (it was, once a step)

@@ -54,6 +54,7 @@ class ReferenceLogger:
         learning rate on logging steps (LearningRateMonitor) and, once, the augmented inputs."""
         tag = f"lr-{type(optimizer).__name__}"
 
+        @torch.compiler.disable  # run as it is, outside a compiled network's graph: it writes to the logger
         def batch_start(module, inputs):
             if not module.training or self.writer is None:
                 return
