@@ -5,7 +5,14 @@
 # WHEELS_DIR=DIR installs extra wheels from DIR first (offline, into a private target directory), for
 # a machine whose image lacks some of the project's dependencies (jsonargparse and friends).
 # Results go to $OUT (or ./gpu-results), for BENCHMARKS.md.
+# Each step has a time cap (seconds in `step`), under 8 minutes in all, so that one device call of at
+# most 10 minutes brings back every step's output and a 15-minute lease has room for the start. A step
+# that reaches its cap is stopped and the next one runs; loop_speed.py starts no round after
+# --max_minutes and rewrites its JSON after every round.
+# $OUT holds six files: log.txt (the card and every step's output), steps.txt (how long each step
+# took and how it ended), and the JSON of four steps.
 set -uo pipefail
+export PYTHONUNBUFFERED=1
 repo=$PWD
 out=$(realpath -m "${OUT:-gpu-results}")
 mkdir -p "$out"
@@ -16,22 +23,34 @@ if [ -n "${WHEELS_DIR:-}" ]; then
 else
     export PYTHONPATH=$repo${PYTHONPATH:+:$PYTHONPATH}
 fi
-python3 -c "import torch; print(torch.cuda.get_device_name(0))" | tee "$out/card.txt"
+log=$out/log.txt
+python3 -c "import torch; print(torch.cuda.get_device_name(0))" | tee "$log"
 python3 -c "import torch, lightning; print('torch', torch.__version__, 'lightning', lightning.__version__)" \
-    | tee -a "$out/card.txt"
+    | tee -a "$log"
+step() {  # step NAME CAP_SECONDS COMMAND...: run it under its cap into log.txt, then note its time and exit status
+    local name=$1 cap=$2 start=$SECONDS
+    shift 2
+    echo "=== $name" >>"$log"
+    timeout -k 15 "$cap" "$@" >>"$log" 2>&1  # -k: compile workers that outlive the TERM
+    local rc=$?
+    echo "$name: exit $rc$( ((rc == 124)) && echo " (stopped at its ${cap} s cap)") in $((SECONDS - start)) s" \
+        | tee -a "$out/steps.txt"
+}
 cd "$(mktemp -d)"
 # 1. equivalence on CUDA, fp32, deterministic algorithms (the GPU tests of the suite)
-python3 -m pytest -q -p no:cacheprovider -m gpu "$repo/tests" 2>&1 | tail -5 | tee "$out/gpu_tests.txt"
+step gpu_tests 90 python3 -m pytest -q -p no:cacheprovider -m gpu "$repo/tests"
 # 2. the full digits comparison on CUDA
-python3 -m project.compare -c "$repo/configs/digits.yaml" --trainer.accelerator=gpu --trainer.deterministic=true \
-    --trainer.enable_progress_bar=false --report "$out/compare_cuda.json" 2>/dev/null | tee "$out/compare_cuda.txt"
+step compare 45 python3 -m project.compare -c "$repo/configs/digits.yaml" --trainer.accelerator=gpu \
+    --trainer.deterministic=true --trainer.enable_progress_bar=false --report "$out/compare_cuda.json"
 # 3. speed: the three loops side by side on the fast path (fake CIFAR-shaped data: nothing to download),
 #    and the small CNN's per-step overhead
 cd "$repo"
-fake=(--data.dataset=fake --data.fake_size=50000 "--data.fake_image_shape=[3,32,32]")
-python3 benchmarks/loop_speed.py -c configs/gpu_fast.yaml "${fake[@]}" --epochs 4 --repeats 2 --skip_lightning_bare \
-    --json "$out/loop_speed-resnet18-fast.json" 2>/dev/null | tee "$out/loop_speed-resnet18-fast.txt"
-python3 benchmarks/loop_speed.py -c configs/digits.yaml --data.dataset=fake --data.fake_size=20000 \
+#    51,200 fake images: 40 training and 10 validation batches of 1024, no smaller last batch to compile for
+fake=(--data.dataset=fake --data.fake_size=51200 "--data.fake_image_shape=[3,32,32]")
+step resnet18_fast 200 python3 benchmarks/loop_speed.py -c configs/gpu_fast.yaml "${fake[@]}" --epochs 4 \
+    --repeats 2 --max_minutes 2 --skip_lightning_bare --json "$out/loop_speed-resnet18-fast.json"
+step smallcnn 75 python3 benchmarks/loop_speed.py -c configs/digits.yaml --data.dataset=fake --data.fake_size=20000 \
     "--data.fake_image_shape=[1,28,28]" --data.batch_size=128 --data.device_cache=true --epochs 5 --repeats 3 \
-    --json "$out/loop_speed-smallcnn.json" 2>/dev/null | tee "$out/loop_speed-smallcnn.txt"
-python3 benchmarks/decode_speed.py --json "$out/decode_speed.json" | tee "$out/decode_speed.txt"
+    --max_minutes 0.75 --json "$out/loop_speed-smallcnn.json"
+step decode 60 python3 benchmarks/decode_speed.py --json "$out/decode_speed.json"
+grep -v -e "^Seed set" -e "available:" -e "Tip:" "$log" | tail -n 60

@@ -56,7 +56,7 @@ class Stopwatch:
     def __init__(self, net: torch.nn.Module, device: torch.device):
         self.times: list[float] = []
         self.device = device
-        # Outside any graph of a compiled network: traced, the clock would recompile it at every step.
+        # Outside any graph of a compiled network: traced, dynamo would compile it again at every step.
         self.handle = net.register_forward_pre_hook(torch.compiler.disable(self._stamp))
 
     def _stamp(self, module, inputs) -> None:
@@ -205,10 +205,15 @@ def peak_flops(device: torch.device, dtype: torch.dtype) -> float:
     return 2 * n**3 * reps / (time.perf_counter() - start)
 
 
-def measure(args: list[str], epochs: int, repeats: int, loops: list[str]) -> dict:
+def measure(args: list[str], epochs: int, repeats: int, loops: list[str], on_round=None, minutes=None) -> dict:
+    """``repeats`` rounds of every loop; ``on_round(results)`` after each. With ``minutes``, no round
+    starts once that much time has passed (the first always runs), so a time-boxed run ends whole."""
     results: dict[str, list[dict]] = {name: [] for name in loops}
-    order = list(loops)
+    order, start = list(loops), time.monotonic()
     for round_ in range(repeats):
+        if round_ and minutes is not None and time.monotonic() - start > 60 * minutes:
+            print(f"--max_minutes {minutes:g} reached: {round_} of {repeats} rounds done", file=sys.stderr)
+            break
         for name in order[round_ % len(order) :] + order[: round_ % len(order)]:
             with tempfile.TemporaryDirectory() as workdir:
                 if torch.cuda.is_available():
@@ -218,13 +223,30 @@ def measure(args: list[str], epochs: int, repeats: int, loops: list[str]) -> dic
                     result["peak_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
                 results[name].append(result)
             print(f"round {round_ + 1}/{repeats} {name:<10} {result['ms_per_step']:.3f} ms/step", file=sys.stderr)
+        if on_round is not None:
+            on_round(results)
     return results
 
 
-def summarize(args: list[str], results: dict, epochs: int) -> dict:
+def setting(args: list[str]) -> dict:
+    """What the figures are measured on and against: the device, precision, images per step, FLOPs."""
     probe = load_run(args)
     dm, settings = probe.datamodule, probe.trainer.settings
-    images_per_step = dm.batch_size * settings.accumulate_grad_batches
+    dtype = {"32-true": torch.float32, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}[settings.precision]
+    device = settings.device
+    return {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)",
+        "precision": settings.precision,
+        "images_per_step": dm.batch_size * settings.accumulate_grad_batches,
+        "flops_per_training_image": flops_per_training_image(args),
+        "measured_peak_flops": peak_flops(device, dtype),
+    }
+
+
+def summarize(args: list[str], results: dict, epochs: int, context: dict) -> dict:
+    images_per_step, flops, peak = (
+        context[k] for k in ("images_per_step", "flops_per_training_image", "measured_peak_flops")
+    )
     loops = {}
     for name, runs in results.items():
         ms = statistics.median(r["ms_per_step"] for r in runs)
@@ -236,15 +258,11 @@ def summarize(args: list[str], results: dict, epochs: int) -> dict:
             "runs_ms_per_step": [r["ms_per_step"] for r in runs],
             "peak_memory_mb": max((r.get("peak_memory_mb", 0) for r in runs), default=None) or None,
         }
-    flops = flops_per_training_image(args)
-    dtype = {"32-true": torch.float32, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}[settings.precision]
-    peak = peak_flops(settings.device, dtype)
     for loop in loops.values():
         loop["mfu"] = loop["img_per_s"] * flops / peak if flops else None
-    device = settings.device
     return {
         "date": date.today().isoformat(),
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)",
+        "device": context["device"],
         "torch": torch.__version__,
         "lightning": lightning.__version__,
         "python": platform.python_version(),
@@ -252,9 +270,9 @@ def summarize(args: list[str], results: dict, epochs: int) -> dict:
         "clock": "cpu" if CLOCK is time.process_time else "wall",
         "torch_threads": torch.get_num_threads(),
         "config_args": args,
-        "precision": settings.precision,
+        "precision": context["precision"],
         "epochs": epochs,
-        "repeats": len(next(iter(results.values()))),
+        "repeats": min(len(runs) for runs in results.values()),
         "images_per_step": images_per_step,
         "flops_per_training_image": flops,
         "measured_peak_flops": peak,
@@ -299,6 +317,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--json", help="where to write the results (default: benchmarks/results/loop_speed-<device>.json)"
     )
+    parser.add_argument(
+        "--max_minutes",
+        type=float,
+        help="start no new round after this many minutes (the JSON is rewritten after every round)",
+    )
     parser.add_argument("--clock", choices=CLOCKS, default="wall", help="wall clock, or this process's CPU time")
     parser.add_argument("--threads", type=int, help="torch's intra-op threads (default: torch's choice)")
     parser.add_argument(
@@ -316,12 +339,18 @@ def main(argv: list[str] | None = None) -> dict:
     args = [*QUIET, "--model.log_images_every_n_epochs=0", *(rest or ["-c", "configs/digits.yaml"])]
     warnings.filterwarnings("ignore")
     loops = [name for name in LOOPS if not (opts.skip_lightning_bare and name == "lightning_bare")]
-    summary = summarize(args, measure(args, opts.epochs, opts.repeats, loops), opts.epochs)
-    print_table(summary)
     default = Path("benchmarks/results") / f"loop_speed-{'gpu' if torch.cuda.is_available() else 'cpu'}.json"
     out = Path(opts.json) if opts.json else default
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(summary, indent=2))
+    context = setting(args)
+
+    def write(results: dict) -> dict:  # after every round: a run stopped later keeps what it measured
+        summary = summarize(args, results, opts.epochs, context)
+        out.write_text(json.dumps(summary, indent=2))
+        return summary
+
+    summary = write(measure(args, opts.epochs, opts.repeats, loops, write, opts.max_minutes))
+    print_table(summary)
     print(f"wrote {out}")
     return summary
 

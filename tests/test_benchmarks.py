@@ -73,3 +73,14 @@ def test_loop_speed_can_leave_out_the_bare_loop_in_lightning(tmp_path, monkeypat
     summary = loop_speed.main([*args, "-c", str(REPO / "configs/digits.yaml")])
     assert set(summary["loops"]) == {"lightning", "reference", "bare"}
     assert summary["lightning_own_ms_per_step"] is None
+
+
+def test_a_time_boxed_run_ends_after_a_whole_round_and_keeps_it(tmp_path, monkeypatch, capsys):
+    """--max_minutes 0: the first round runs, no second one starts, and the JSON holds that round."""
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "s.json"
+    args = ["--epochs", "3", "--repeats", "3", "--max_minutes", "0", "--skip_lightning_bare", "--json", str(out)]
+    summary = loop_speed.main([*args, "-c", str(REPO / "configs/digits.yaml")])
+    assert summary["repeats"] == 1 and json.loads(out.read_text())["repeats"] == 1
+    assert all(len(loop["runs_ms_per_step"]) == 1 for loop in summary["loops"].values())
+    assert "--max_minutes 0 reached: 1 of 3 rounds done" in capsys.readouterr().err
