@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Literal
 
 import lightning as L
@@ -86,6 +85,7 @@ class ImageClassifier(L.LightningModule):
             build_stage_metrics(stage, num_classes, num_misclassified_images) for stage in ("train", "val", "test")
         )
         self.pictures: monitoring.PictureLog | None = None  # set in setup, from the data's statistics
+        self._finite_check: tuple[Tensor, int] | None = None  # this step's loss and batch, for backward
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
@@ -117,26 +117,29 @@ class ImageClassifier(L.LightningModule):
         self.train()
         self.backbone_freeze.set_epoch(self.current_epoch)  # from the epoch alone: a resume freezes alike
 
-    def _shared_step(self, batch, metrics: StageMetrics, where: Callable[[], str] | None = None) -> Tensor:
+    def _shared_step(self, batch, metrics: StageMetrics) -> Tensor:
         x, y = batch
         logits = self(x)
         loss = self.criterion(logits, y)
-        if where is not None:
-            check_finite_loss(loss, where)
         metrics.update(logits, y, loss, images=x)
         return loss
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
-        def where() -> str:  # only called for a non-finite loss: the text costs a step time
-            return f"epoch {self.current_epoch}, batch {batch_idx} (step {self.global_step})"
-
-        loss = self._shared_step(batch, self.train_metrics, where)
+        loss = self._shared_step(batch, self.train_metrics)
+        self._finite_check = loss.detach(), batch_idx  # checked in backward, before the optimizer step
         every, step = self.trainer.log_every_n_steps, self.global_step
         if every and (step + 1) % every == 0:  # the steps Lightning writes; self.log costs on every call
             self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
         if self.pictures is not None and not self.pictures.inputs_logged and (writer := self._writer()) is not None:
             self.pictures.log_inputs(writer, batch[0], step)
         return loss
+
+    def backward(self, loss: Tensor, *args, **kwargs) -> None:
+        super().backward(loss, *args, **kwargs)
+        # Once the backward pass is queued, so that on a GPU the wait for this one number overlaps it
+        # rather than holding it back; still before the optimizer step lets the gradients reach the weights.
+        step_loss, batch_idx = self._finite_check
+        check_finite_loss(step_loss, lambda: f"epoch {self.current_epoch}, batch {batch_idx} (step {self.global_step})")
 
     def on_train_epoch_end(self) -> None:
         self.log_dict(self.train_metrics.compute())

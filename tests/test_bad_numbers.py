@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from project.cli import main
 from project.metrics import StageMetrics
@@ -53,6 +54,28 @@ def test_a_nan_loss_stops_training_at_that_batch_and_keeps_the_last_finite_check
     checkpoint = last_checkpoint()
     assert checkpoint["epoch"] == 0
     assert all(torch.isfinite(v).all() for v in checkpoint["state_dict"].values() if v.is_floating_point())
+
+
+@pytest.mark.parametrize("loop", ["lightning", "reference"])
+def test_the_nan_check_waits_for_backward_to_be_queued_and_comes_before_the_optimizer_step(loop, monkeypatch):
+    """The check of a step's loss is one host sync: it comes after that step's backward is queued (so a
+    GPU keeps working while the host waits) and before its optimizer step, which never runs."""
+    poison(monkeypatch, lambda mode, n: mode == "train" and n == 5 + 4)
+    backwards, real_backward = [], torch.Tensor.backward
+
+    def backward(self, *args, **kwargs):
+        backwards.append(self.isfinite().item())
+        return real_backward(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "backward", backward)
+    steps = []
+    handle = register_optimizer_step_post_hook(lambda *_: steps.append(1))
+    try:
+        assert run(loop, RUN) == 1
+    finally:
+        handle.remove()
+    assert backwards == [True] * 8 + [False]  # the NaN batch's backward ran ...
+    assert len(steps) == 8  # ... and its step did not
 
 
 @pytest.mark.parametrize("loop", ["lightning", "reference"])

@@ -88,9 +88,9 @@ def train_one_epoch(
         with autocast(device, precision):
             output = model(x)
             loss = criterion(output, y)
-        check_finite_loss(loss, f"epoch {epoch}, batch {i}")
         metrics.update(output, y, loss)
         scaler.scale(loss / accumulate_grad_batches).backward()  # the window's mean gradient
+        check_finite_loss(loss, f"epoch {epoch}, batch {i}")  # after backward is queued: a GPU waits less
         if (i + 1) % accumulate_grad_batches == 0 or i + 1 == num_batches:
             scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
             clip_gradients(model, gradient_clip_val, gradient_clip_algorithm)
