@@ -45,7 +45,7 @@ def check_finite_loss(loss, where: str | Callable[[], str]) -> None:
     if not bool(loss.isfinite()):
         where = where() if callable(where) else where
         raise NonFiniteLossError(
-            f"the loss is {float(loss)} at {where}; training stopped, and the checkpoints already written "
+            f"the loss is {float(loss.detach())} at {where}; training stopped, and the checkpoints already written "
             "are the last finite ones. Lower the learning rate, or clip gradients (--trainer.gradient_clip_val)."
         )
 

@@ -44,6 +44,7 @@ def last_checkpoint() -> dict:
     return torch.load(path, weights_only=True)
 
 
+@pytest.mark.filterwarnings("error:Converting a tensor with requires_grad=True")  # the message reads a detached loss
 @pytest.mark.parametrize("loop", ["lightning", "reference"])
 def test_a_nan_loss_stops_training_at_that_batch_and_keeps_the_last_finite_checkpoint(loop, monkeypatch, capsys):
     """The 4th training batch of epoch 1 turns NaN: exit 1 naming epoch 1, batch 3; last.ckpt is epoch 0, finite."""
