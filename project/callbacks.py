@@ -26,10 +26,21 @@ class EpochCheckpoint(ModelCheckpoint):
     """
 
     state_key_name = "ModelCheckpoint"
+    fitting = True  # set in setup: validate, test and predict save no checkpoint
 
     @cached_property
     def state_key(self) -> str:
         return self.state_key_name + super().state_key.removeprefix(type(self).__qualname__)
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        self.fitting = stage == TrainerFn.FITTING
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        # Outside fit there is nothing of the checkpoint's best or last files to go on from (and
+        # ModelCheckpoint would warn that the new run's directory is not the one they were saved in).
+        if self.fitting:
+            super().load_state_dict(state_dict)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
         per_batch = self._every_n_train_steps >= 1 or self._train_time_interval is not None

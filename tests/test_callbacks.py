@@ -45,6 +45,20 @@ def test_a_resume_restores_the_best_checkpoints_score(tmp_path):
     assert resumed.checkpoint_callback.best_model_path == best.best_model_path
 
 
+def test_validate_and_test_leave_the_checkpoint_callbacks_state_alone(tmp_path, recwarn):
+    """Outside fit the checkpoints' state in a checkpoint is not loaded: nothing is saved there, and
+    Lightning would warn that the new run's directory differs from the one that state was saved in."""
+    args = [*SHORT, f"--trainer.default_root_dir={tmp_path}"]
+    best = TwinloopCLI(args=["fit", *args]).trainer.checkpoint_callback
+    kept = [  # each in a run directory of its own, as by default
+        TwinloopCLI(args=[command, *args, f"--ckpt_path={best.best_model_path}"]).trainer.checkpoint_callback
+        for command in ("validate", "test")
+    ]
+    messages = [str(w.message) for w in recwarn]
+    assert not [m for m in messages if "dirpath has changed" in m], messages
+    assert [c.best_model_path for c in kept] == ["", ""]  # not the fit's
+
+
 def test_a_checkpoint_every_n_train_steps_still_saves_inside_epochs(tmp_path):
     """The per-step shortcut only applies where nothing is due per step: every_n_train_steps saves."""
     TwinloopCLI(
