@@ -91,6 +91,8 @@ class TwinloopCLI(LightningCLI):
         # Under DDP Lightning asks for self.log(..., sync_dist=True) at epoch level; the module logs
         # values that torchmetrics has already summed over the ranks, so the advice does not apply.
         warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('(train|val|test)/")
+        # Lightning 2.6 calls a pytree check that newer torch releases deprecate: nothing for a user to change.
+        warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
         # `twinloop export` is dispatched by main() before this parser: its help names it
         kwargs.setdefault(
             "parser_kwargs",
