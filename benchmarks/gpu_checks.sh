@@ -5,10 +5,9 @@
 # WHEELS_DIR=DIR installs extra wheels from DIR first (offline, into a private target directory), for
 # a machine whose image lacks some of the project's dependencies (jsonargparse and friends).
 # Results go to $OUT (or ./gpu-results), for BENCHMARKS.md.
-# Each step has a time cap (seconds in `step`), under 8 minutes in all, so that one device call of at
-# most 10 minutes brings back every step's output and a 15-minute lease has room for the start. A step
-# that reaches its cap is stopped and the next one runs; loop_speed.py starts no round after
-# --max_minutes and rewrites its JSON after every round.
+# Each step has a time cap (seconds in `step`), under 8 minutes in all, so that a GPU machine held
+# for 10 minutes brings back every step's output. A step that reaches its cap is stopped and the next
+# one runs; loop_speed.py starts no round after --max_minutes and rewrites its JSON after every round.
 # $OUT holds six files: log.txt (the card and every step's output), steps.txt (how long each step
 # took and how it ended), and the JSON of four steps.
 set -uo pipefail
