@@ -163,7 +163,7 @@ def test_the_loggers_batch_hook_stays_out_of_a_compiled_networks_graph(tmp_path)
     backend = CompileCounter()
     net.compile(backend=backend)
     for _ in range(6):
-        logger.on_step(net(torch.randn(4, 1, 8, 8)).sum())
+        logger.on_step(net(torch.randn(4, 1, 8, 8)).sum().detach())  # as the loop hands it over
     logger.close()
     assert logger.steps == 6 and backend.frame_count == 1
     assert counters["frames"]["total"] == 1  # the hook's frame is not traced (it was, once a step)
