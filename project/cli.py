@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import signal
 import sys
 import warnings
@@ -81,6 +82,10 @@ class BatchLimitTrainer(Trainer):
         )
 
 
+def not_an_advert(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("💡 Tip:")
+
+
 class TwinloopCLI(LightningCLI):
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("trainer_class", BatchLimitTrainer)
@@ -93,6 +98,8 @@ class TwinloopCLI(LightningCLI):
         warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('(train|val|test)/")
         # Lightning 2.6 calls a pytree check that newer torch releases deprecate: nothing for a user to change.
         warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+        # and every Trainer prints an advertisement for a cloud logger; a run's console keeps the rest
+        logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(not_an_advert)
         # `twinloop export` is dispatched by main() before this parser: its help names it
         kwargs.setdefault(
             "parser_kwargs",

@@ -52,6 +52,7 @@ def test_the_default_fit_into_a_file_is_under_15_kb_with_every_epochs_validation
     assert proc.returncode == 0, text[-3000:]
     assert log.stat().st_size <= 15_000
     assert "\r" not in text
+    assert not re.findall(r"^.*(?:\.py:\d+: |Tip:).*$", text, re.M)  # no warnings, no advertisement
     assert re.findall(r"^step (\d+)/230  epoch \d/9  loss \d\.\d{4}  \d+ samples/s  ETA ", text, re.M) == [
         str(step) for step in range(10, 231, 10)
     ]
