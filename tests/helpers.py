@@ -10,6 +10,21 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
 
+
+def compiled_frames(net: torch.nn.Module, steps) -> tuple[int, int]:
+    """``net`` compiled afresh with a counting backend, then ``steps()`` run: (graphs dynamo compiled,
+    Python frames it traced). A hook it traced shows as frames beyond the network's one."""
+    from torch._dynamo.testing import CompileCounter
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    backend = CompileCounter()
+    net.compile(backend=backend)
+    steps()
+    return backend.frame_count, counters["frames"]["total"]
+
+
 # Small, fast and quiet runs for the tests.
 FAST = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
 

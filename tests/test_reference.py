@@ -14,7 +14,7 @@ from project.recorder import Recorder, RecorderCallback
 from project.reference.cli import main as reference_main
 from project.reference.config import load_run
 from project.reference.settings import count_batches, read_device
-from tests.helpers import FAST
+from tests.helpers import FAST, compiled_frames
 
 LIMITS = ("limit_train_batches", "limit_val_batches", "limit_test_batches")
 
@@ -147,23 +147,20 @@ def test_reference_checkpoints_hold_the_class_names():
 def test_the_loggers_batch_hook_stays_out_of_a_compiled_networks_graph(tmp_path):
     """With the network compiled, dynamo traces its hooks too; the logger's (which writes and reads a
     step counter) is left to run as it is, so the network is compiled once, not again every step."""
-    from torch._dynamo.testing import CompileCounter
-    from torch._dynamo.utils import counters
-
     from project.models.simple_cnn import SimpleCNN
     from project.monitoring import PictureLog
     from project.reference.logger import ReferenceLogger
 
-    torch._dynamo.reset()
-    counters.clear()
     net = SimpleCNN(10, in_channels=1)
     optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
     logger = ReferenceLogger(tmp_path, 2, PictureLog(0, (0.0,), (1.0,)), [str(i) for i in range(10)])
     logger.watch(net, optimizer)
-    backend = CompileCounter()
-    net.compile(backend=backend)
-    for _ in range(6):
-        logger.on_step(net(torch.randn(4, 1, 8, 8)).sum().detach())  # as the loop hands it over
+
+    def steps():
+        for _ in range(6):
+            logger.on_step(net(torch.randn(4, 1, 8, 8)).sum().detach())  # as the loop hands it over
+
+    graphs, frames = compiled_frames(net, steps)
     logger.close()
-    assert logger.steps == 6 and backend.frame_count == 1
-    assert counters["frames"]["total"] == 1  # the hook's frame is not traced (it was, once a step)
+    assert logger.steps == 6 and graphs == 1
+    assert frames == 1  # the hook's frame is not traced (it was, once a step)
