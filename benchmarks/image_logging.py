@@ -74,7 +74,7 @@ def epoch_times(args: list[str], images_every: int, clock=time.perf_counter) -> 
         cli = TwinloopCLI(
             args=[
                 *args,
-                f"--model.log_images_every_n_epochs={images_every}",
+                f"--model.pictures.every_n_epochs={images_every}",
                 f"--trainer.logger.init_args.save_dir={tmp}",
                 "--trainer.enable_progress_bar=false",
                 "--trainer.enable_model_summary=false",

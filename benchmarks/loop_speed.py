@@ -100,7 +100,7 @@ def run_reference(args: list[str], epochs: int, workdir: Path) -> dict:
     return clock.result(epochs)
 
 
-TEXTBOOK = ["--data.device_cache=false", "--model.compile=null", "--model.channels_last=false"]
+TEXTBOOK = ["--data.device_cache=false", "--model.network.compile=null", "--model.network.channels_last=false"]
 
 
 def textbook_parts(args: list[str]):
@@ -336,7 +336,7 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(opts.threads)
     if opts.epochs < 3:
         parser.error("--epochs must be at least 3")
-    args = [*QUIET, "--model.log_images_every_n_epochs=0", *(rest or ["-c", "configs/digits.yaml"])]
+    args = [*QUIET, "--model.pictures.every_n_epochs=0", *(rest or ["-c", "configs/digits.yaml"])]
     warnings.filterwarnings("ignore")
     loops = [name for name in LOOPS if not (opts.skip_lightning_bare and name == "lightning_bare")]
     default = Path("benchmarks/results") / f"loop_speed-{'gpu' if torch.cuda.is_available() else 'cpu'}.json"

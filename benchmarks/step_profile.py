@@ -87,7 +87,7 @@ def run(argv: list[str]) -> None:
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--repeats", type=int, default=3)
     opts, rest = parser.parse_known_args(argv)
-    args = [*QUIET, "--model.log_images_every_n_epochs=0", *(rest or ["-c", "configs/digits.yaml"])]
+    args = [*QUIET, "--model.pictures.every_n_epochs=0", *(rest or ["-c", "configs/digits.yaml"])]
     warnings.filterwarnings("ignore")
     for _ in range(opts.repeats):
         for name, loop in LOOPS.items():

@@ -33,6 +33,7 @@ from project.runs import (
     resume_named_run,
     slurm_run_name,
 )
+from project.specs import grouped
 
 TRAINER_DEFAULTS = {
     "max_epochs": 10,
@@ -141,9 +142,17 @@ class TwinloopCLI(LightningCLI):
         """LightningCLI's first look at ``--ckpt_path`` (private API; ``tests/reliability`` fails if it
         goes): it reads the checkpoint's hyperparameters into the config. The file is read and checked
         here first, so that a bad one is one error line naming it."""
-        if self.config.get("subcommand"):
-            self._user_checkpoint = check_ckpt_path(self.config[self.config.subcommand].get("ckpt_path"))
-        super()._parse_ckpt_path()
+        if not self.config.get("subcommand"):
+            return
+        self._user_checkpoint = check_ckpt_path(self.config[self.config.subcommand].get("ckpt_path"))
+        saved = (self._user_checkpoint or {}).get("hyper_parameters") or {}
+        # Lightning's own parse, from the file read once, with the arguments of an earlier layout grouped
+        if hparams := grouped({k: v for k, v in saved.items() if k != "_instantiator"}):
+            try:
+                self.config = self.parser.parse_object({self.config.subcommand: {"model": hparams}}, self.config)
+            except SystemExit:
+                sys.stderr.write("Parsing of ckpt_path hyperparameters failed!\n")
+                raise
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
@@ -162,9 +171,9 @@ class TwinloopCLI(LightningCLI):
         # A checkpoint brings every weight: the pretrained ones are not loaded (nor downloaded) under it,
         # and the config and hyperparameters still name them.
         from_checkpoint = config.get("ckpt_path") or getattr(self, "checkpoint_brings_weights", False)
-        self._named_weights = config.model.get("weights") if from_checkpoint else None
+        self._named_weights = config.model.network.weights if from_checkpoint else None
         if self._named_weights is not None:
-            config.model.weights = None
+            config.model.network.weights = None
 
     def _choose_run_directory(self, config: Namespace, logger: Namespace) -> None:
         """A named run (``--run_name``, or the SLURM job's) logs into its own directory, and a fit
@@ -184,8 +193,8 @@ class TwinloopCLI(LightningCLI):
     def instantiate_classes(self) -> None:
         super().instantiate_classes()
         if (weights := getattr(self, "_named_weights", None)) is not None:
-            (self.config[self.subcommand] if self.subcommand else self.config).model.weights = weights
-            self.model.hparams.weights = weights
+            (self.config[self.subcommand] if self.subcommand else self.config).model.network.weights = weights
+            self.model.hparams.network["weights"] = weights
         # The checkpoint against the model and the data, before Lightning creates a run directory;
         # Lightning then reads the file again itself.
         checkpoint, self._user_checkpoint = getattr(self, "_user_checkpoint", None), None
@@ -243,7 +252,7 @@ def use_weights_preprocessing(model: Namespace, data: Namespace) -> None:
     resize and centre crop (image folders, when neither ``image_size`` nor ``crop_size`` is set), and
     mean and std (when neither is set; averaged over RGB for 1-channel data). The run's saved
     config.yaml then shows them."""
-    pre = preprocessing_of(model.backbone, model.get("weights"))
+    pre = preprocessing_of(model.network.backbone, model.network.weights)
     if pre is None:
         return
     if data.dataset == "imagefolder" and data.image_size is None and data.crop_size is None:

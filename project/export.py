@@ -12,6 +12,7 @@ import importlib.util
 import json
 import sys
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -19,7 +20,7 @@ from torch import Tensor, nn
 
 from project.checkpoint_io import check_state_dict_fits, read_checkpoint
 from project.errors import CheckpointError, MissingPackageError, UserPathError, reported_as_exit
-from project.models import build_network
+from project.specs import NetworkSpec, grouped
 
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt", "exported_program": ".pt2"}
 INPUT_NAME, OUTPUT_NAME = "images", "logits"
@@ -30,13 +31,15 @@ NEEDS = {"onnx": ("onnx", "onnxscript")}
 def load_network(ckpt_path: str | Path) -> tuple[nn.Module, dict]:
     """The network of a twinloop (Lightning) checkpoint, weights loaded, in eval mode; and the checkpoint."""
     checkpoint = read_checkpoint(ckpt_path)
-    hp = checkpoint.get("hyper_parameters") or {}
-    if "backbone" not in hp or "preprocessing" not in checkpoint:
+    hp = grouped(checkpoint.get("hyper_parameters") or {})
+    if "network" not in hp or "preprocessing" not in checkpoint:
         raise CheckpointError(
             f"{ckpt_path} lacks the hyperparameters or preprocessing an export needs: "
             "export a checkpoint that `twinloop fit` wrote"
         )
-    net = build_network(hp["backbone"], hp["num_classes"], hp["in_channels"], hp["small_input_stem"], hp["dropout"])
+    # the architecture alone, eager: the checkpoint brings every weight
+    network = replace(NetworkSpec(**hp["network"]), weights=None, channels_last=False, compile=None)
+    net = network.build(hp["num_classes"], hp["in_channels"])
     state = {k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
     check_state_dict_fits(state, net.state_dict(), ckpt_path)
     net.load_state_dict(state)

@@ -176,13 +176,19 @@ class PictureLog:
             writer.add_image("train/inputs", input_grid(x, self.mean, self.std), step)
             self.inputs_logged = True
 
-    def log_validation(self, writer: SummaryWriter, metrics, class_names: Sequence[str], epoch: int, step: int) -> None:
-        """The pictures of validation epoch ``epoch`` from a detailed ``StageMetrics``, if due."""
+    def validation_pngs(self, metrics, class_names: Sequence[str], epoch: int) -> dict[str, bytes]:
+        """The pictures of validation epoch ``epoch`` from a detailed ``StageMetrics`` by tag, if due."""
         if self.every_n_epochs <= 0 or epoch % self.every_n_epochs != 0:
-            return
-        log_png(writer, "val/confusion_matrix", confusion_matrix_png(metrics.confusion_matrix(), class_names), step)
-        samples = metrics.misclassified
-        log_png(writer, "val/misclassified", misclassified_png(samples, class_names, self.mean, self.std), step)
+            return {}
+        return {
+            "val/confusion_matrix": confusion_matrix_png(metrics.confusion_matrix(), class_names),
+            "val/misclassified": misclassified_png(metrics.misclassified, class_names, self.mean, self.std),
+        }
+
+    def log_validation(self, writer: SummaryWriter, metrics, class_names: Sequence[str], epoch: int, step: int) -> None:
+        """The pictures of validation epoch ``epoch``, if due, logged at ``step``."""
+        for tag, png in self.validation_pngs(metrics, class_names, epoch).items():
+            log_png(writer, tag, png, step)
 
 
 # The HPARAMS tab's metric columns; their values are the runs' own scalars under these tags.
@@ -192,6 +198,7 @@ HPARAM_METRICS = ("val/acc", "val/loss", "val/acc_best")
 def run_hparams(config: Mapping) -> dict[str, int | float | str]:
     """The few settings that make runs differ, for the HPARAMS tab; ``config.yaml`` keeps the rest."""
     model, data, trainer = config["model"], config["data"], config["trainer"]
+    network = model.get("network") or {}
     optimizer = model.get("optimizer") or {}
     scheduler = model.get("lr_scheduler") or {}
     values = {
@@ -199,11 +206,11 @@ def run_hparams(config: Mapping) -> dict[str, int | float | str]:
         "data/dataset": data.get("dataset"),
         "data/batch_size": data.get("batch_size"),
         "data/augment": data.get("augment"),
-        "model/backbone": model.get("backbone"),
-        "model/weights": model.get("weights"),
-        "model/freeze_backbone_epochs": model.get("freeze_backbone_epochs"),
-        "model/backbone_lr_scale": model.get("backbone_lr_scale"),
-        "model/dropout": model.get("dropout"),
+        "model/backbone": network.get("backbone"),
+        "model/weights": network.get("weights"),
+        "model/freeze_backbone_epochs": network.get("freeze_backbone_epochs"),
+        "model/backbone_lr_scale": network.get("backbone_lr_scale"),
+        "model/dropout": network.get("dropout"),
         "model/label_smoothing": model.get("label_smoothing"),
         "optimizer": str(optimizer.get("class_path", "default")).rpartition(".")[2],
         "optimizer/lr": optimizer.get("init_args", {}).get("lr"),

@@ -27,8 +27,8 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from project import checkpoint_contract as contract
 from project.callbacks import LatestCheckpoint
-from project.errors import UserPathError
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 RequeueSignal = Literal["SIGUSR1", "SIGUSR2", "SIGTERM"]
@@ -186,22 +186,16 @@ class Preemption(Callback):
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         if self._batches_done is not None:
-            checkpoint["mid_epoch"] = {"batches_done": self._batches_done}
+            checkpoint.update(contract.mid_epoch(self._batches_done))
 
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         # Before Lightning creates the training loader's iterator (a loader's own state_dict would be
         # restored after it, Lightning #20550), so its first pass is the rest of the epoch.
-        if (mid := checkpoint.get("mid_epoch")) is not None and trainer.datamodule is not None:
-            if trainer.world_size > 1:  # each rank takes its share of the order: the position does not carry over
-                raise UserPathError(
-                    "--ckpt_path: this checkpoint was written inside an epoch by one process; resume it with one "
-                    "process (--trainer.devices 1), or from a checkpoint of an epoch's end"
-                )
-            trainer.datamodule.continue_epoch(mid["batches_done"])
+        start = contract.resume_point(checkpoint, trainer.datamodule, trainer.world_size)
+        if start.batch:
             # Lightning warns that a mid-epoch checkpoint with a plain loader repeats samples: not here.
             warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before the epoch ended")
-            where = f"epoch {checkpoint['epoch']} at batch {mid['batches_done']} (step {checkpoint['global_step']})"
-            print(f"resuming {where}")
+            print(f"resuming from {start}")
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         if self.signals is not None:

@@ -37,7 +37,7 @@ EQUIV = [
     "--data.batch_size=32",
     "--trainer.max_epochs=3",
     "--trainer.limit_val_batches=4",
-    "--model.log_images_every_n_epochs=0",
+    "--model.pictures.every_n_epochs=0",
 ]
 
 # (case, largest |Δ|) of every equivalence test, printed after the run by conftest

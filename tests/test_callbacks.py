@@ -10,7 +10,7 @@ from project.cli import SaveRunConfig, TwinloopCLI
 from project.preemption import Preemption
 from tests.helpers import FAST
 
-SHORT = [*FAST, "--trainer.max_epochs=2", "--trainer.limit_train_batches=6", "--model.log_images_every_n_epochs=0"]
+SHORT = [*FAST, "--trainer.max_epochs=2", "--trainer.limit_train_batches=6", "--model.pictures.every_n_epochs=0"]
 
 
 def test_fit_gives_lightning_the_project_callbacks_that_have_work_and_no_others():

@@ -45,7 +45,7 @@ def test_fit_with_no_arguments_trains_on_digits():
 
 def test_command_line_overrides_reach_the_objects():
     """Every init argument can be overridden: model, data and trainer keys."""
-    cli = fit("--model.dropout=0.5", "--data.batch_size=32", "--model.optimizer.init_args.lr=0.01")
+    cli = fit("--model.network.dropout=0.5", "--data.batch_size=32", "--model.optimizer.init_args.lr=0.01")
     dropouts = [m.p for m in cli.model.net.modules() if isinstance(m, torch.nn.Dropout)]
     assert dropouts and all(p == 0.5 for p in dropouts)
     assert cli.datamodule.batch_size == 32
@@ -107,7 +107,7 @@ def test_last_checkpoint_is_the_latest_epoch_not_the_best():
             "--trainer.max_epochs=3",
             "--trainer.limit_train_batches=2",
             "--model.optimizer.init_args.lr=0",
-            "--model.dropout=0",
+            "--model.network.dropout=0",
         ]
     )
     best = cli.trainer.checkpoint_callback.best_model_path
@@ -175,7 +175,7 @@ def test_predict_new_files_with_a_digits_model(tmp_path):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--model.backbone=resnet19"], "resnet19"),
+        (["--model.network.backbone=resnet19"], "resnet19"),
         (["--data.val_fraction=1.5"], "data.val_fraction"),
         (["--data.dataset=imagefolder", "--data.root=nope"], "nope"),
     ],

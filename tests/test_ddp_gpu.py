@@ -32,7 +32,7 @@ def test_compare_on_two_gpus_is_equivalent(tmp_path, sync_batchnorm):
 def test_sync_batchnorm_two_by_b_matches_one_by_two_b(tmp_path):
     """SyncBatchNorm over 2 GPUs x batch 32 trains as 1 GPU x batch 64 (Dropout off, whole batches of one
     permutation): final weights and BatchNorm statistics within SYNCBN_ATOL."""
-    args = [*DDP, *GPU, "--model.dropout=0", "--trainer.limit_train_batches=20"]
+    args = [*DDP, *GPU, "--model.network.dropout=0", "--trainer.limit_train_batches=20"]
     twinloop(["fit", *args, "--trainer.devices=2", "--trainer.sync_batchnorm=true", "--data.batch_size=32"], tmp_path)
     twinloop(["fit", *args, "--trainer.devices=1", "--data.batch_size=64"], tmp_path)
     a, b = (checkpoint(tmp_path / f"lightning_logs/version_{v}/checkpoints/last.ckpt") for v in (0, 1))

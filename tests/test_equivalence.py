@@ -81,7 +81,7 @@ def test_matrix(optimizer, scheduler, accumulate, clip):
         ["--data.augment=true"],
         ["--data.num_workers=2", "--data.augment=true"],
         ["--data.device_cache=true", "--data.augment=true"],
-        ["--model.channels_last=true", "--model.optimizer.init_args.fused=true", "--trainer.benchmark=true"],
+        ["--model.network.channels_last=true", "--model.optimizer.init_args.fused=true", "--trainer.benchmark=true"],
     ],
     ids=["label-smoothing", "clip-value", "augment", "workers", "device-cache", "channels-last-fused"],
 )
@@ -103,7 +103,7 @@ def test_the_last_batch_is_smaller():
 def test_compiled_network_within_a_stated_tolerance():
     """torch.compile in both loops: the same to 1e-5, not bit for bit. Inductor's kernels follow where
     the graph breaks, and the reference's logging hook breaks it elsewhere than Lightning's calls do."""
-    args = [*EQUIV, "--trainer.max_epochs=2", "--data.device_cache=true", "--model.compile=default"]
+    args = [*EQUIV, "--trainer.max_epochs=2", "--data.device_cache=true", "--model.network.compile=default"]
     lit = compare.run_lightning(args, Path("runs"), "compiled")
     ref = compare.run_reference(args, Path("runs/compiled/reference"))
     c = compare.compare(lit, ref, atol=1e-5)
@@ -130,7 +130,7 @@ def test_planted_dropout_change_is_caught(monkeypatch, capsys):
     """A dropout rate changed on the reference side only: exit 1, naming the first batch's loss."""
     original = compare.run_reference
     monkeypatch.setattr(
-        compare, "run_reference", lambda args, log_dir, *more: original([*args, "--model.dropout=0.5"], log_dir, *more)
+        compare, "run_reference", lambda args, log_dir, *more: original([*args, "--model.network.dropout=0.5"], log_dir, *more)
     )
     assert compare.main([*EQUIV, "--name=planted"]) == 1
     out = capsys.readouterr().out
@@ -256,7 +256,7 @@ def test_reference_refuses_callback_and_logger_settings_it_would_ignore(setting,
 def test_both_loops_keep_the_first_of_equal_best_checkpoints():
     """A later epoch that only ties the best val/acc does not replace the best checkpoint, in either loop."""
     # Digits with seed 1 reach 355 of 359 right at epochs 2 and 6, and no more in 7 epochs.
-    args = [*FAST, "--seed_everything=1", "--trainer.max_epochs=7", "--model.log_images_every_n_epochs=0"]
+    args = [*FAST, "--seed_everything=1", "--trainer.max_epochs=7", "--model.pictures.every_n_epochs=0"]
     lit = compare.run_lightning(args, Path("runs"), "tie")
     ref = compare.run_reference(args, Path("ref"))
     (lightning_best,) = Path("runs/tie/lightning/checkpoints").glob("best-*.ckpt")

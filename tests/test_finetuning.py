@@ -16,8 +16,8 @@ from project.models import build_network
 from project.reference.config import load_run
 from tests.helpers import EQUIV, EQUIVALENCE_RESULTS, FAST, place_torchvision_weights
 
-FINETUNE = ["--model.freeze_backbone_epochs=1", "--model.backbone_lr_scale=0.1", "--model.dropout=0.0"]
-DIGITS = [*FAST, "--data.batch_size=64", "--model.log_images_every_n_epochs=0", "--trainer.limit_val_batches=2"]
+FINETUNE = ["--model.network.freeze_backbone_epochs=1", "--model.network.backbone_lr_scale=0.1", "--model.network.dropout=0.0"]
+DIGITS = [*FAST, "--data.batch_size=64", "--model.pictures.every_n_epochs=0", "--trainer.limit_val_batches=2"]
 
 
 class EpochProbe(Callback):
@@ -99,8 +99,8 @@ def test_compare_on_a_pretrained_finetuning_config_is_bit_identical(tmp_path, mo
     args = [
         *EQUIV,
         *FINETUNE,
-        "--model.backbone=shufflenet_v2_x0_5",
-        "--model.weights=DEFAULT",
+        "--model.network.backbone=shufflenet_v2_x0_5",
+        "--model.network.weights=DEFAULT",
         "--data.val_fraction=0.95",  # 90 training digits: batches of 32, 32 and 26
     ]
     args += [

@@ -178,7 +178,7 @@ AUGMENTED_RUN = [
     "--trainer.max_epochs=1",
     "--trainer.limit_train_batches=3",
     "--trainer.limit_val_batches=2",
-    "--model.log_images_every_n_epochs=0",
+    "--model.pictures.every_n_epochs=0",
 ]
 
 

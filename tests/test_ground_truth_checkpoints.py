@@ -68,7 +68,7 @@ def run_args(epochs: int) -> list[str]:
         "--trainer.limit_train_batches=1",
         "--trainer.limit_val_batches=1",
         "--data.batch_size=16",
-        "--model.log_images_every_n_epochs=0",
+        "--model.pictures.every_n_epochs=0",
     ]
 
 

@@ -13,11 +13,13 @@ from project.monitoring import HPARAM_METRICS, PictureLog, log_hparams, run_hpar
 CONFIG = {
     "seed_everything": 7,
     "model": {
-        "backbone": "resnet18",
-        "weights": "DEFAULT",
-        "freeze_backbone_epochs": 2,
-        "backbone_lr_scale": 0.1,
-        "dropout": 0.1,
+        "network": {
+            "backbone": "resnet18",
+            "weights": "DEFAULT",
+            "freeze_backbone_epochs": 2,
+            "backbone_lr_scale": 0.1,
+            "dropout": 0.1,
+        },
         "label_smoothing": 0.2,
         "optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": 0.003, "weight_decay": 0.01}},
         "lr_scheduler": {"class_path": "torch.optim.lr_scheduler.OneCycleLR", "init_args": {"max_lr": 0.1}},

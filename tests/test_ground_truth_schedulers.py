@@ -99,7 +99,7 @@ RUN = [
     "--data.batch_size=16",
     "--trainer.limit_val_batches=1",
     "--trainer.log_every_n_steps=1",
-    "--model.log_images_every_n_epochs=0",
+    "--model.pictures.every_n_epochs=0",
 ]
 RUN_CASES = {
     # per epoch: every step of epoch e has the rate after e scheduler steps

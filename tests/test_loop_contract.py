@@ -162,7 +162,7 @@ def test_validation_changes_nothing_in_training(loop):
 def test_dropout_active_in_training_and_inert_in_evaluation(loop):
     """Dropout zeroes ~p of its inputs in training; after training, two evaluation passes in a row
     (the RNG moving on in between) give identical logits."""
-    args = [*EQUIV, "--trainer.max_epochs=1", "--model.dropout=0.5"]
+    args = [*EQUIV, "--trainer.max_epochs=1", "--model.network.dropout=0.5"]
     probe = Probe()
     if loop == "lightning":
         cli = TwinloopCLI(args=args, run=False)

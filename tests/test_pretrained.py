@@ -54,8 +54,8 @@ def test_offline_without_the_file_is_one_error_line_and_no_run_directory(torch_h
     """No cached file and no network: exit 1, one error line with the file, the directory and where to put it."""
     with pytest.raises(SystemExit) as exit_info:
         main(
-            ["fit", "--data.dataset=imagefolder", f"--data.root={image_folder}", *FAST, "--model.backbone=resnet18"]
-            + ["--model.weights=DEFAULT"]
+            ["fit", "--data.dataset=imagefolder", f"--data.root={image_folder}", *FAST, "--model.network.backbone=resnet18"]
+            + ["--model.network.weights=DEFAULT"]
         )
     assert exit_info.value.code == 1
     lines = capsys.readouterr().err.strip().splitlines()
@@ -99,8 +99,8 @@ def test_the_data_takes_the_weights_preprocessing_unless_the_config_sets_it(torc
     base = [
         "--data.dataset=imagefolder",
         f"--data.root={images}",
-        "--model.backbone=resnet18",
-        "--model.weights=DEFAULT",
+        "--model.network.backbone=resnet18",
+        "--model.network.weights=DEFAULT",
     ]
     cli = TwinloopCLI(args=[*base, *FAST], run=False)
     assert cli.datamodule.input_hw == (224, 224)
@@ -118,13 +118,13 @@ def test_the_saved_config_shows_the_preprocessing_used(torch_home, tmp_path):
     images = make_image_folder(tmp_path / "images", per_class=4)
     main(
         ["fit", "--data.dataset=imagefolder", f"--data.root={images}", "--data.image_size=36", "--data.crop_size=32"]
-        + ["--model.backbone=resnet18", "--model.weights=DEFAULT", "--trainer.max_epochs=1", *FAST]
+        + ["--model.network.backbone=resnet18", "--model.network.weights=DEFAULT", "--trainer.max_epochs=1", *FAST]
         + ["--data.batch_size=10"]  # one batch of the 10 training images: a batch of 2 alike ones breaks BatchNorm
-        + ["--model.log_images_every_n_epochs=0", "--data.num_workers=0"]
+        + ["--model.pictures.every_n_epochs=0", "--data.num_workers=0"]
     )
     run = Path("lightning_logs/version_0")
     config = yaml.safe_load((run / "config.yaml").read_text())
-    assert config["model"]["weights"] == "DEFAULT"
+    assert config["model"]["network"]["weights"] == "DEFAULT"
     assert config["data"]["mean"] == IMAGENET_MEAN and config["data"]["std"] == IMAGENET_STD
     assert (config["data"]["image_size"], config["data"]["crop_size"]) == (36, 32)
     checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
@@ -142,7 +142,7 @@ def test_the_saved_config_shows_the_preprocessing_used(torch_home, tmp_path):
 def pretrained_checkpoint(tmp_path_factory) -> tuple[Path, list[str]]:
     """A checkpoint of a short fit from (placed) DEFAULT resnet18 weights on digits, and its arguments."""
     root = tmp_path_factory.mktemp("pretrained_fit")
-    args = [*FAST, "--model.backbone=resnet18", "--model.weights=DEFAULT", "--model.log_images_every_n_epochs=0"]
+    args = [*FAST, "--model.network.backbone=resnet18", "--model.network.weights=DEFAULT", "--model.pictures.every_n_epochs=0"]
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("TORCH_HOME", str(root / "torch_home"))
         place_torchvision_weights(root / "torch_home")
@@ -156,8 +156,8 @@ def test_with_a_checkpoint_the_weights_file_is_not_needed(torch_home, pretrained
     last, args = pretrained_checkpoint
     cli = TwinloopCLI(args=["validate", *args, "--ckpt_path", str(last), "--trainer.limit_val_batches=1"])
     assert "val/acc" in cli.trainer.callback_metrics
-    assert cli.model.hparams.weights == "DEFAULT"
-    assert yaml.safe_load(Path(cli.trainer.log_dir, "config.yaml").read_text())["model"]["weights"] == "DEFAULT"
+    assert cli.model.hparams.network["weights"] == "DEFAULT"
+    assert yaml.safe_load(Path(cli.trainer.log_dir, "config.yaml").read_text())["model"]["network"]["weights"] == "DEFAULT"
 
 
 def test_the_reference_validates_a_pretrained_checkpoint_without_the_weights_file(

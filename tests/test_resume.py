@@ -22,10 +22,10 @@ RUN = [
     *FAST,
     "--data.augment=true",
     "--data.num_workers=2",
-    "--model.dropout=0.5",
+    "--model.network.dropout=0.5",
     "--trainer.max_epochs=4",
     "--trainer.limit_train_batches=8",
-    "--model.log_images_every_n_epochs=0",
+    "--model.pictures.every_n_epochs=0",
 ]
 
 

@@ -21,7 +21,7 @@ def test_the_project_runs_without_timm_and_says_how_to_get_it(monkeypatch, capsy
     main(["fit", *FAST, "--trainer.max_epochs=1", "--trainer.limit_train_batches=1", "--trainer.limit_val_batches=1"])
     assert Path("lightning_logs/version_0").is_dir()
     with pytest.raises(SystemExit) as exit_info:
-        main(["fit", *FAST, "--model.backbone=timm/resnet18", "--trainer.default_root_dir=timm_run"])
+        main(["fit", *FAST, "--model.network.backbone=timm/resnet18", "--trainer.default_root_dir=timm_run"])
     assert exit_info.value.code == 1
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         "error: model.backbone timm/<name> needs timm, which is not installed: pip install 'twinloop[timm]'"
@@ -73,7 +73,7 @@ def test_timm_default_weights_load_from_the_hub_cache(hub_cache):
 def test_timm_offline_without_the_file_names_it_and_the_directory(hub_cache, capsys):
     """Not cached, no network: exit 1, one line with the file, the cache folder and how to fill it; no run directory."""
     with pytest.raises(SystemExit) as exit_info:
-        main(["fit", *FAST, "--model.backbone=timm/resnet18", "--model.weights=a2_in1k"])
+        main(["fit", *FAST, "--model.network.backbone=timm/resnet18", "--model.network.weights=a2_in1k"])
     assert exit_info.value.code == 1
     (line,) = capsys.readouterr().err.strip().splitlines()
     folder = hub_cache / "models--timm--resnet18.a2_in1k"
@@ -87,7 +87,7 @@ def test_timm_offline_without_the_file_names_it_and_the_directory(hub_cache, cap
 def test_timm_weights_bring_their_preprocessing(hub_cache, image_folder):
     """An image folder on timm weights gets their resize (224 / crop_pct 0.95 = 235), 224 crop, mean and std."""
     place_hub_weights(hub_cache)
-    args = ["--data.dataset=imagefolder", f"--data.root={image_folder}", "--model.backbone=timm/resnet18"]
-    cli = TwinloopCLI(args=[*args, "--model.weights=DEFAULT", *FAST], run=False)
+    args = ["--data.dataset=imagefolder", f"--data.root={image_folder}", "--model.network.backbone=timm/resnet18"]
+    cli = TwinloopCLI(args=[*args, "--model.network.weights=DEFAULT", *FAST], run=False)
     assert (cli.config.data.image_size, cli.config.data.crop_size) == (235, 224)
     assert cli.config.data.mean == [0.485, 0.456, 0.406] and cli.datamodule.input_hw == (224, 224)

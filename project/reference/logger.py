@@ -12,7 +12,7 @@ from torch.utils.hooks import RemovableHandle
 from torch.utils.tensorboard import SummaryWriter
 
 from project import monitoring
-from project.metrics import StageMetrics
+from project.epoch_report import EpochReport
 
 
 def next_version_dir(parent: Path) -> Path:
@@ -36,7 +36,6 @@ class ReferenceLogger:
         log_dir: Path | None,
         log_every_n_steps: int,
         pictures: monitoring.PictureLog,
-        class_names: list[str],
         purge_step: int | None = None,
     ):
         self.log_dir = log_dir
@@ -44,7 +43,6 @@ class ReferenceLogger:
         self.writer = SummaryWriter(str(log_dir), purge_step=purge_step) if log_dir is not None else None
         self.every = log_every_n_steps
         self.pictures = pictures
-        self.class_names = class_names
         self.steps = 0
         self.epoch = 0
         self._hooks: list[RemovableHandle] = []
@@ -77,22 +75,24 @@ class ReferenceLogger:
             self._scalars({"train/loss": loss}, self.steps)
         self.steps += 1
 
-    def on_epoch_end(self, epoch: int, train: dict, val_metrics: StageMetrics | None) -> None:
-        """The epoch's training metrics and, after a validation, its summary and pictures."""
+    @property
+    def drawing(self) -> monitoring.PictureLog | None:
+        """The pictures to draw for an epoch report: only where they are written."""
+        return self.pictures if self.writer is not None else None
+
+    def on_epoch_end(self, epoch: int, train: dict, report: EpochReport | None) -> None:
+        """The epoch's training metrics and, after a validation, its report."""
         step = self.steps - 1
         self._scalars(train, step)
-        if val_metrics is not None:
-            self.log_evaluation(val_metrics, epoch, step)
+        if report is not None:
+            self.log_report(report, step)
         self.epoch = epoch + 1
 
-    def log_evaluation(self, metrics: StageMetrics, epoch: int = 0, step: int = 0) -> None:
-        """A validation (summary and pictures) or test (its metrics) epoch, as Lightning logs it."""
-        if metrics.detailed:
-            self._scalars(metrics.epoch_summary(self.class_names), step)  # on every rank: it syncs the metrics
-            if self.writer is not None:
-                self.pictures.log_validation(self.writer, metrics, self.class_names, epoch, self.steps)
-        else:
-            self._scalars(metrics.compute(), step)
+    def log_report(self, report: EpochReport, step: int = 0) -> None:
+        """A validation or test epoch's report: its scalars at ``step``, its pictures at the steps done."""
+        self._scalars(report.values, step)
+        if self.writer is not None:
+            report.write_pictures(self.writer, self.steps)
 
     def close(self) -> None:
         for hook in self._hooks:

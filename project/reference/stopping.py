@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from project import checkpoint_contract as contract
 from project.preemption import Preempted, StopSignals, requeue, slurm_job_id, stop_message
 from project.reference.distributed import any_rank
 from project.reference.logger import ReferenceLogger
@@ -52,7 +53,7 @@ class ReferenceStop:
                 # an epoch is not one number: the restart redoes the epoch, as Lightning's does.
                 self.stop(f"{where}; with several processes the restart redoes epoch {logger.epoch}", False)
             if self.settings.enable_checkpointing and self.settings.processes.is_global_zero:
-                self.save({**state(), "mid_epoch": {"batches_done": done}})
+                self.save({**state(), **contract.mid_epoch(done)})
             self.stop(where)
 
         return on_step

@@ -165,8 +165,8 @@ def test_kill_9_during_a_real_fit_save_keeps_every_checkpoint_whole(tmp_path):
     try:
         args = [
             *FAST,
-            "--model.backbone=resnet18",
-            "--model.log_images_every_n_epochs=0",
+            "--model.network.backbone=resnet18",
+            "--model.pictures.every_n_epochs=0",
             "--trainer.max_epochs=1000",
             "--trainer.limit_train_batches=1",
             "--trainer.limit_val_batches=1",
@@ -307,7 +307,7 @@ def test_a_path_under_a_file_names_the_path(tmp_path):
 
 SHORT_FIT = [
     *FAST,
-    "--model.log_images_every_n_epochs=0",
+    "--model.pictures.every_n_epochs=0",
     "--trainer.max_epochs=2",
     "--trainer.limit_train_batches=2",
     "--trainer.limit_val_batches=1",

@@ -28,12 +28,12 @@ RUN = [
     *FAST,
     "--data.augment=true",
     "--data.num_workers=2",
-    "--model.dropout=0.5",
+    "--model.network.dropout=0.5",
     "--trainer.max_epochs=3",
     "--trainer.limit_train_batches=8",
     "--trainer.limit_val_batches=2",
     "--trainer.log_every_n_steps=1",
-    "--model.log_images_every_n_epochs=0",
+    "--model.pictures.every_n_epochs=0",
 ]
 
 
