@@ -38,7 +38,12 @@ def test_loop_speed_measures_the_four_loops_and_derives_its_ratios_from_them(tmp
 def test_the_textbook_parts_have_none_of_the_fast_path_switches():
     """The bare loops train an eager network in the default memory format with torch's default
     optimizer implementation, whatever the config switches on."""
-    args = ["-c", str(REPO / "configs/digits.yaml"), "--model.network.compile=default", "--model.network.channels_last=true"]
+    args = [
+        "-c",
+        str(REPO / "configs/digits.yaml"),
+        "--model.network.compile=default",
+        "--model.network.channels_last=true",
+    ]
     args += ["--model.optimizer.init_args.fused=true", "--data.device_cache=true"]
     train_loader, _, net, _, optimizer, _ = loop_speed.textbook_parts(args)
     assert net._compiled_call_impl is None  # nn.Module.compile() sets it

@@ -130,7 +130,9 @@ def test_planted_dropout_change_is_caught(monkeypatch, capsys):
     """A dropout rate changed on the reference side only: exit 1, naming the first batch's loss."""
     original = compare.run_reference
     monkeypatch.setattr(
-        compare, "run_reference", lambda args, log_dir, *more: original([*args, "--model.network.dropout=0.5"], log_dir, *more)
+        compare,
+        "run_reference",
+        lambda args, log_dir, *more: original([*args, "--model.network.dropout=0.5"], log_dir, *more),
     )
     assert compare.main([*EQUIV, "--name=planted"]) == 1
     out = capsys.readouterr().out

@@ -16,7 +16,11 @@ from project.models import build_network
 from project.reference.config import load_run
 from tests.helpers import EQUIV, EQUIVALENCE_RESULTS, FAST, place_torchvision_weights
 
-FINETUNE = ["--model.network.freeze_backbone_epochs=1", "--model.network.backbone_lr_scale=0.1", "--model.network.dropout=0.0"]
+FINETUNE = [
+    "--model.network.freeze_backbone_epochs=1",
+    "--model.network.backbone_lr_scale=0.1",
+    "--model.network.dropout=0.0",
+]
 DIGITS = [*FAST, "--data.batch_size=64", "--model.pictures.every_n_epochs=0", "--trainer.limit_val_batches=2"]
 
 

@@ -54,7 +54,13 @@ def test_offline_without_the_file_is_one_error_line_and_no_run_directory(torch_h
     """No cached file and no network: exit 1, one error line with the file, the directory and where to put it."""
     with pytest.raises(SystemExit) as exit_info:
         main(
-            ["fit", "--data.dataset=imagefolder", f"--data.root={image_folder}", *FAST, "--model.network.backbone=resnet18"]
+            [
+                "fit",
+                "--data.dataset=imagefolder",
+                f"--data.root={image_folder}",
+                *FAST,
+                "--model.network.backbone=resnet18",
+            ]
             + ["--model.network.weights=DEFAULT"]
         )
     assert exit_info.value.code == 1
@@ -142,7 +148,12 @@ def test_the_saved_config_shows_the_preprocessing_used(torch_home, tmp_path):
 def pretrained_checkpoint(tmp_path_factory) -> tuple[Path, list[str]]:
     """A checkpoint of a short fit from (placed) DEFAULT resnet18 weights on digits, and its arguments."""
     root = tmp_path_factory.mktemp("pretrained_fit")
-    args = [*FAST, "--model.network.backbone=resnet18", "--model.network.weights=DEFAULT", "--model.pictures.every_n_epochs=0"]
+    args = [
+        *FAST,
+        "--model.network.backbone=resnet18",
+        "--model.network.weights=DEFAULT",
+        "--model.pictures.every_n_epochs=0",
+    ]
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("TORCH_HOME", str(root / "torch_home"))
         place_torchvision_weights(root / "torch_home")
@@ -157,7 +168,9 @@ def test_with_a_checkpoint_the_weights_file_is_not_needed(torch_home, pretrained
     cli = TwinloopCLI(args=["validate", *args, "--ckpt_path", str(last), "--trainer.limit_val_batches=1"])
     assert "val/acc" in cli.trainer.callback_metrics
     assert cli.model.hparams.network["weights"] == "DEFAULT"
-    assert yaml.safe_load(Path(cli.trainer.log_dir, "config.yaml").read_text())["model"]["network"]["weights"] == "DEFAULT"
+    assert (
+        yaml.safe_load(Path(cli.trainer.log_dir, "config.yaml").read_text())["model"]["network"]["weights"] == "DEFAULT"
+    )
 
 
 def test_the_reference_validates_a_pretrained_checkpoint_without_the_weights_file(

@@ -14,8 +14,8 @@ import torch
 
 from project.cli import main as twinloop
 from project.module import ImageClassifier
-from project.specs import NetworkSpec
 from project.reference.cli import main as twinloop_reference
+from project.specs import NetworkSpec
 from tests.helpers import FAST, REPO
 from tests.reliability.helpers import checkpoint_of
 
@@ -50,7 +50,9 @@ def write_bad_checkpoint(kind: str, folder: Path) -> Path:
         torch.save(good, path)
         path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     elif kind == "another model":  # resnet18 weights, given to the digits simple_cnn config
-        resnet = ImageClassifier(num_classes=10, in_channels=1, network=NetworkSpec(backbone="resnet18"), class_names=DIGITS)
+        resnet = ImageClassifier(
+            num_classes=10, in_channels=1, network=NetworkSpec(backbone="resnet18"), class_names=DIGITS
+        )
         torch.save(checkpoint_of(resnet), path)
     return path
 
