@@ -46,7 +46,7 @@ $(VENV)/.installed-mutation: $(STAMP) pyproject.toml
 	$(BIN)/pip install -q -e '.[dev,notebooks,export,timm,mutation]'
 	touch $@
 
-mutation: $(VENV)/.installed-mutation  ## mutation testing of the shared parts with mutmut (20-30 min on 2 cores; not in make test); see MUTATION.md
+mutation: $(VENV)/.installed-mutation  ## mutation testing of the shared parts with mutmut (20-30 min on 2 cores; not in make test); see docs/MUTATION.md
 	rm -rf mutants
 	$(BIN)/mutmut run
 	$(BIN)/mutmut export-cicd-stats

@@ -4,7 +4,7 @@
 #   bash benchmarks/gpu_checks.sh
 # WHEELS_DIR=DIR installs extra wheels from DIR first (offline, into a private target directory), for
 # a machine whose image lacks some of the project's dependencies (jsonargparse and friends).
-# Results go to $OUT (or ./gpu-results), for BENCHMARKS.md.
+# Results go to $OUT (or ./gpu-results), for docs/BENCHMARKS.md.
 # Each step has a time cap (seconds in `step`), under 8 minutes in all, so that a GPU machine held
 # for 10 minutes brings back every step's output. A step that reaches its cap is stopped and the next
 # one runs; loop_speed.py starts no round after --max_minutes and rewrites its JSON after every round.
