@@ -51,7 +51,7 @@ def test_command_line_overrides_reach_the_objects():
     assert cli.datamodule.batch_size == 32
     assert cli.trainer.optimizers[0].param_groups[0]["lr"] == 0.01
     saved = yaml.safe_load((run_dir() / "config.yaml").read_text())
-    assert saved["model"]["dropout"] == 0.5 and saved["data"]["batch_size"] == 32
+    assert saved["model"]["network"]["dropout"] == 0.5 and saved["data"]["batch_size"] == 32
 
 
 def test_print_config_shows_the_schema(capsys):
