@@ -1,0 +1,171 @@
+"""The one checkpoint contract (``project.checkpoint_contract``) and the one epoch report
+(``project.epoch_report``), each against an answer worked out by hand, and checkpoints of the layout
+before the module's arguments were grouped."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from project import checkpoint_contract as contract
+from project.cli import TwinloopCLI
+from project.cli import main as twinloop
+from project.epoch_report import report_epoch
+from project.errors import UserPathError
+from project.export import load_network
+from project.metrics import build_stage_metrics
+from project.module import ImageClassifier
+from project.monitoring import PictureLog
+from project.specs import NetworkSpec, PictureSpec, grouped
+from tests.helpers import FAST
+
+DIGITS = [str(i) for i in range(10)]
+
+
+class Holder:
+    class_names = ["a", "b"]
+
+
+class RecordingData:
+    def __init__(self):
+        self.continued: list[int] = []
+
+    def continue_epoch(self, batches_done: int) -> None:
+        self.continued.append(batches_done)
+
+    def preprocessing(self) -> dict:
+        return {"mean": [0.5]}
+
+
+def metrics_with(stage: str, logits: list[list[float]], target: list[int], loss: float):
+    metrics = build_stage_metrics(stage, 2)
+    metrics.update(torch.tensor(logits), torch.tensor(target), torch.tensor(loss))
+    return metrics
+
+
+def test_extras_round_trip_best_names_running_sums_and_random_state():
+    """What capture_extras saved, restore_extras puts back: the draws after it are the draws after the capture."""
+    train = metrics_with("train", [[2.0, 0.0], [0.0, 1.0], [3.0, 0.0]], [0, 0, 0], 0.5)  # 2 of 3 right
+    val = build_stage_metrics("val", 2)
+    val.best_acc = 0.75
+    extras = contract.capture_extras(["x", "y"], val, train, RecordingData())
+    expected = (torch.rand(3), np.random.rand(), random.random())
+    fresh_train, fresh_val, holder = build_stage_metrics("train", 2), build_stage_metrics("val", 2), Holder()
+    contract.restore_extras({**extras, **contract.mid_epoch(3)}, holder, fresh_val, fresh_train)
+    assert (torch.rand(3), np.random.rand(), random.random()) == (pytest.approx(expected[0]), *expected[1:])
+    assert fresh_val.best_acc == 0.75 and holder.class_names == ["x", "y"]
+    assert extras[contract.PREPROCESSING] == {"mean": [0.5]}
+    results = fresh_train.compute()
+    assert results["train/acc"].item() == pytest.approx(2 / 3) and results["train/loss_epoch"].item() == 0.5
+
+
+def test_running_sums_come_back_only_for_a_checkpoint_written_inside_an_epoch():
+    """At an epoch's end the next epoch starts from zero: the saved sums are not loaded."""
+    train = metrics_with("train", [[2.0, 0.0]], [0], 1.0)
+    extras = contract.capture_extras(["x", "y"], build_stage_metrics("val", 2), train, None)
+    fresh = build_stage_metrics("train", 2)
+    contract.restore_extras(extras, Holder(), build_stage_metrics("val", 2), fresh)
+    assert int(fresh.counts.samples) == 0 and contract.PREPROCESSING not in extras
+
+
+@pytest.mark.parametrize(
+    ("checkpoint", "world_size", "expected", "continued"),
+    [
+        ({"epoch": 2, "global_step": 30}, 1, (3, 0, 30), []),  # an epoch's end: the next epoch, from its start
+        ({"epoch": 2, "global_step": 27, **contract.mid_epoch(4)}, 1, (2, 4, 27), [4]),  # inside: the same epoch
+        ({"epoch": 2, "global_step": 30}, 2, (3, 0, 30), []),
+    ],
+)
+def test_resume_point(checkpoint, world_size, expected, continued):
+    """Where a resumed run goes on, and the data told to go on inside its epoch."""
+    data = RecordingData()
+    start = contract.resume_point(checkpoint, data, world_size)
+    assert (start.epoch, start.batch, start.step) == expected and data.continued == continued
+    assert str(start) == f"epoch {expected[0]}, batch {expected[1]} (step {expected[2]})"
+
+
+def test_a_checkpoint_written_inside_an_epoch_by_one_process_is_refused_by_several():
+    """Each rank takes its share of the order, so the position does not carry over: refused with what to do."""
+    with pytest.raises(UserPathError, match="resume it with one process"):
+        contract.resume_point({"epoch": 0, "global_step": 3, **contract.mid_epoch(3)}, RecordingData(), 2)
+
+
+def test_the_validation_report_by_hand():
+    """Loss 0.25 and 3 of 4 right (class a 2/2, class b 1/2): shown, best, per class, improved, and the pictures."""
+    metrics = build_stage_metrics("val", 2)
+    metrics.update(
+        torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 0.0]]), torch.tensor([0, 0, 1, 1]), torch.tensor(0.25)
+    )
+    metrics.best_acc = 0.5
+    report = report_epoch(metrics, 3, ["a", "b"], PictureLog(3, (0.5,), (0.25,)))
+    assert {k: float(v) for k, v in report.shown.items()} == {"val/loss": 0.25, "val/acc": 0.75}
+    assert report.scalars == {"val/acc_best": 0.75} and report.improved
+    assert report.per_class == {"val/acc_class/a": 1.0, "val/acc_class/b": 0.5}
+    assert set(report.pictures) == {"val/confusion_matrix", "val/misclassified"}
+    assert report_epoch(metrics, 4, ["a", "b"], PictureLog(3, (0.5,), (0.25,))).pictures == {}  # not due
+    assert not report_epoch(metrics, 5, ["a", "b"]).improved  # 0.75 again: a tie is no improvement
+
+
+def test_a_non_finite_validation_loss_stops_the_report():
+    """The report checks the loss before anything can keep the epoch."""
+    metrics = metrics_with("val", [[1.0, 0.0]], [0], float("nan"))
+    with pytest.raises(Exception, match="validation of epoch 2"):
+        report_epoch(metrics, 2, ["a", "b"])
+
+
+def test_the_test_report_is_the_metrics():
+    """A test epoch reports its metrics, nothing more."""
+    report = report_epoch(metrics_with("test", [[0.0, 1.0]], [0], 2.0), 0, ["a", "b"])
+    assert {k: float(v) for k, v in report.values.items()} == {"test/loss": 2.0, "test/acc": 0.0}
+
+
+def test_flat_arguments_of_the_earlier_layout_are_grouped():
+    """The earlier flat hyperparameters map into network and pictures; the rest stays."""
+    flat = {"num_classes": 10, "backbone": "resnet18", "dropout": 0.1, "log_images_every_n_epochs": 0, "lr": 3}
+    assert grouped(flat) == {
+        "num_classes": 10,
+        "lr": 3,
+        "network": {"backbone": "resnet18", "dropout": 0.1},
+        "pictures": {"every_n_epochs": 0},
+    }
+
+
+def test_the_module_keeps_plain_hyperparameters():
+    """Specs go into the hyperparameters as dicts, which weights_only loading reads, and come back as specs."""
+    model = ImageClassifier(network=NetworkSpec(dropout=0.1), pictures=PictureSpec(every_n_epochs=0))
+    assert model.hparams["network"]["dropout"] == 0.1 and model.hparams["pictures"]["every_n_epochs"] == 0
+    again = ImageClassifier(**model.hparams)
+    assert again.network == model.network and again.picture_spec == model.picture_spec
+
+
+@pytest.fixture(scope="module")
+def earlier_layout_checkpoint(tmp_path_factory):
+    """A fit's last.ckpt with its hyperparameters rewritten in the flat layout of earlier versions."""
+    root = tmp_path_factory.mktemp("earlier")
+    args = [*FAST, "--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1"]
+    twinloop(["fit", *args, "--model.network.dropout=0.1", f"--trainer.default_root_dir={root}"])
+    (last,) = root.glob("lightning_logs/version_0/checkpoints/last.ckpt")
+    checkpoint = torch.load(last, weights_only=True)
+    hp = checkpoint["hyper_parameters"]
+    flat = {**{k: v for k, v in hp.items() if k not in ("network", "pictures")}, **hp.pop("network")}
+    flat["log_images_every_n_epochs"] = hp["pictures"]["every_n_epochs"]
+    flat["num_misclassified_images"] = hp["pictures"]["num_misclassified"]
+    checkpoint["hyper_parameters"] = flat
+    torch.save(checkpoint, last)
+    return last, args
+
+
+def test_a_checkpoint_of_the_earlier_layout_validates(earlier_layout_checkpoint):
+    """validate --ckpt_path reads its flat hyperparameters into the grouped config: dropout 0.1 comes back."""
+    last, args = earlier_layout_checkpoint
+    cli = TwinloopCLI(args=["validate", *args, f"--ckpt_path={last}"])
+    assert cli.model.network.dropout == 0.1 and "val/acc" in cli.trainer.callback_metrics
+
+
+def test_a_checkpoint_of_the_earlier_layout_exports(earlier_layout_checkpoint):
+    """export builds the network from the flat hyperparameters too."""
+    net, _ = load_network(earlier_layout_checkpoint[0])
+    assert [m.p for m in net.modules() if isinstance(m, torch.nn.Dropout)][-1] == 0.1
