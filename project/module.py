@@ -26,9 +26,7 @@ class ImageClassifier(L.LightningModule):
     """Image classifier; Lightning's Trainer runs the loop around it.
 
     Args:
-        num_classes: linked from the data module.
-        in_channels: linked from the data module.
-        class_names: linked from the data module; used by predictions and pictures.
+        num_classes, in_channels, class_names: linked from the data module.
         network: the network and how its backbone trains (``--model.network.*``).
         label_smoothing: cross-entropy label smoothing.
         optimizer: builds the optimizer from the parameters.
@@ -51,8 +49,7 @@ class ImageClassifier(L.LightningModule):
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
-        for key in ("network", "pictures"):  # plain data in checkpoints, which load with weights_only
-            self.hparams[key] = plain(self.hparams[key])
+        self.hparams.update(network=plain(network), pictures=plain(pictures))  # checkpoints hold plain data
         self.network, self.picture_spec = as_spec(NetworkSpec, network), as_spec(PictureSpec, pictures)
         self.net = self.network.build(num_classes, in_channels)
         self.backbone_freeze = BackboneFreeze(self.net, self.network.freeze_backbone_epochs)
@@ -72,11 +69,8 @@ class ImageClassifier(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         if (dm := getattr(self.trainer, "datamodule", None)) is not None:
-            # Some data sets name their classes only once their files are read; a checkpoint's
-            # class names, restored after this, take precedence.
-            self.class_names = list(dm.class_names)
+            self.class_names = list(dm.class_names)  # known once files are read; a checkpoint's come after
             self.pictures = PictureLog(self.picture_spec.every_n_epochs, dm.mean, dm.std)
-            # The model summary shows input and output sizes and counts FLOPs on this.
             self.example_input_array = torch.zeros(1, dm.in_channels, *dm.input_hw)
 
     def configure_optimizers(self):
@@ -91,9 +85,7 @@ class ImageClassifier(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval}}
 
     def on_train_epoch_start(self) -> None:
-        # Lightning >= 2.2 keeps whatever mode the model was left in; a model the user put in eval
-        # mode would otherwise train with frozen BatchNorm statistics and no dropout.
-        self.train()
+        self.train()  # Lightning >= 2.2 keeps the mode a user left: eval would freeze BatchNorm, drop Dropout
         self.backbone_freeze.set_epoch(self.current_epoch)  # from the epoch alone: a resume freezes alike
 
     def _shared_step(self, batch, metrics: StageMetrics) -> Tensor:
@@ -133,9 +125,7 @@ class ImageClassifier(L.LightningModule):
             report = report_epoch(self.val_metrics, self.current_epoch, self.class_names, pictures)
             self.log_dict(report.shown, prog_bar=True)
             self.log_dict(report.scalars)
-            if self.logger is not None:
-                # Straight to the logger, at the step Lightning writes val/acc (the last step done): each
-                # key self.log registers costs Lightning about a millisecond every epoch, 100 of them on CIFAR-100.
+            if self.logger is not None:  # at val/acc's step; each self.log key costs ~1 ms an epoch, 100 on CIFAR-100
                 self.logger.log_metrics(report.per_class, step=max(self.global_step - 1, 0))
             if writer is not None:
                 report.write_pictures(writer, self.global_step)
