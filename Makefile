@@ -29,9 +29,10 @@ test: $(STAMP)  ## the test suite but its few slow end-to-end runs (offline, CPU
 test-slow: $(STAMP)  ## the slow end-to-end runs (stop/restart cycles, notebooks, log files, ...); CI runs them too
 	$(BIN)/python -m pytest -q -m slow
 
-lint: $(STAMP)  ## ruff check and ruff format --check
+lint: $(STAMP)  ## ruff check, ruff format --check and mypy (configured in pyproject.toml)
 	$(BIN)/ruff check project tests benchmarks
 	$(BIN)/ruff format --check project tests benchmarks
+	$(BIN)/mypy
 
 format: $(STAMP)  ## apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix project tests benchmarks

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 from functools import cached_property
 from pathlib import Path
+from typing import cast
 
 import lightning as L
 import torch
@@ -81,8 +82,8 @@ class PredictionCSV(BasePredictionWriter):
         self.written: Path | None = None
 
     def write_on_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, predictions, batch_indices) -> None:
-        dataset = trainer.datamodule.predict_set
-        names = pl_module.class_names
+        dataset = trainer.datamodule.predict_set  # type: ignore[attr-defined]  # Lightning's data connector sets it
+        names = cast("list[str]", pl_module.class_names)  # a plain attribute, not what nn.Module.__getattr__ returns
         out = Path(self.output) if self.output else Path(trainer.log_dir or ".") / "predictions.csv"  # every rank asks
         rows = [
             (i, label, p)
@@ -90,7 +91,7 @@ class PredictionCSV(BasePredictionWriter):
             for i, label, p in zip(batch["index"].tolist(), batch["label"].tolist(), batch["probability"].tolist())
         ]
         if trainer.world_size > 1:  # each rank predicted its share of the images: rank 0 writes them all, in order
-            shares = [None] * trainer.world_size
+            shares: list = [None] * trainer.world_size  # all_gather_object puts each rank's rows in
             torch.distributed.all_gather_object(shares, rows)
             rows = sorted(row for share in shares for row in share)
         if not trainer.is_global_zero:
@@ -131,7 +132,7 @@ class LogLinesProgressBar(ProgressBar):
         self.enabled = True
 
     def every(self, trainer: L.Trainer) -> int:
-        return self.every_n_steps or trainer.log_every_n_steps or 50
+        return self.every_n_steps or trainer.log_every_n_steps or 50  # type: ignore[attr-defined]  # set by a connector
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.enabled:

@@ -43,7 +43,7 @@ def run_lightning(args: list[str], log_root: Path, name: str, distributed: bool 
             ],
             run=False,
         )
-        cli.trainer.callbacks.append(RecorderCallback(recorder))
+        cli.trainer.callbacks.append(RecorderCallback(recorder))  # type: ignore[attr-defined]  # set by a connector
         cli.trainer.fit(cli.model, datamodule=cli.datamodule)  # under the CLI's warning filters too
     return recorder
 
@@ -148,10 +148,10 @@ def compare(lit: Recorder, ref: Recorder, atol: float = 1e-6) -> Comparison:
     if len(lit.val) != len(ref.val):
         c.problems.append(f"validation epochs differ: lightning {len(lit.val)}, reference {len(ref.val)}")
     c.val = list(zip(lit.val, ref.val))
-    for epoch, (a, b) in enumerate(c.val):
-        for k in a:
-            if abs(a[k] - b[k]) > atol:
-                c.problems.append(f"epoch {epoch}: {k} lightning {a[k]:.8f} vs reference {b[k]:.8f}")
+    for epoch, (lit_val, ref_val) in enumerate(c.val):
+        for k in lit_val:
+            if abs(lit_val[k] - ref_val[k]) > atol:
+                c.problems.append(f"epoch {epoch}: {k} lightning {lit_val[k]:.8f} vs reference {ref_val[k]:.8f}")
     if c.max_loss_diff > atol:
         c.problems.append(f"per-batch losses differ by up to {c.max_loss_diff:.3g}")
     if c.max_step_tensor_diff > atol:

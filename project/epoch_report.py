@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
@@ -53,7 +54,7 @@ def report_epoch(
     check_finite_loss(metrics.compute()[loss], f"the validation of epoch {epoch}")  # before any checkpoint
     improved = metrics.record_best(float(metrics.compute()[acc]))
     summary = metrics.epoch_summary(list(class_names))
-    shown = {k: summary.pop(k) for k in (loss, acc)}
+    shown = {k: cast(Tensor, summary.pop(k)) for k in (loss, acc)}  # compute()'s tensors; acc_best is the float
     per_class = {k: float(summary.pop(k)) for k in list(summary) if k.startswith(f"{metrics.stage}/acc_class/")}
     drawn = pictures.validation_pngs(metrics, class_names, epoch) if pictures is not None else {}
     return EpochReport(epoch, shown, summary, per_class, drawn, improved)

@@ -82,5 +82,5 @@ def out_of_memory_hinted(batch_size: int, precision: str) -> Iterator[None]:
     try:
         yield
     except torch.OutOfMemoryError as exc:
-        exc.hint = out_of_memory_hint(batch_size, precision)
+        exc.hint = out_of_memory_hint(batch_size, precision)  # type: ignore[attr-defined]  # ours, on torch's error
         raise

@@ -6,6 +6,7 @@ The LightningModule and the reference loop both call these, so neither has its o
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -18,7 +19,7 @@ SchedulerFactory = Callable[[Optimizer], LRScheduler]
 
 # SGD with Nesterov momentum and weight decay: the default of the CLI (configs/digits.yaml spells
 # the same values out) and, through default_optimizer, of ImageClassifier used from Python.
-DEFAULT_OPTIMIZER = {
+DEFAULT_OPTIMIZER: dict[str, Any] = {
     "class_path": "torch.optim.SGD",
     "init_args": {"lr": 0.05, "momentum": 0.9, "nesterov": True, "weight_decay": 5.0e-4},
 }
@@ -49,7 +50,7 @@ def build_optimization(
         group["lr"] *= scale
     if scheduler_factory is None:
         return optimizer, None
-    extra = {"total_steps": total_steps} if needs_total_steps(scheduler_factory) else {}
+    extra: dict[str, int | list[float]] = {"total_steps": total_steps} if needs_total_steps(scheduler_factory) else {}
     max_lr = (getattr(scheduler_factory, "keywords", None) or {}).get("max_lr")
     if isinstance(max_lr, (int, float)) and any(s != 1.0 for s in scales):
         extra["max_lr"] = [max_lr * s for s in scales]

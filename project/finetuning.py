@@ -22,7 +22,8 @@ from project.models.pretrained import head_name
 def split_backbone(net: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
     """(backbone, head) parameters: the head is the last linear layer (``head_name``)."""
     head = head_name(net)
-    backbone, top = [], []
+    backbone: list[nn.Parameter] = []
+    top: list[nn.Parameter] = []
     for name, p in net.named_parameters():
         (top if name.startswith(f"{head}.") else backbone).append(p)
     return backbone, top

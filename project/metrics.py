@@ -17,6 +17,12 @@ class EpochCounts(Metric):
     object per number cost four times as much, every step."""
 
     full_state_update = False
+    # The states add_state registers (as attributes torchmetrics sets, unseen by a type checker)
+    loss_sum: Tensor
+    samples: Tensor
+    hits: Tensor
+    hits_top5: Tensor  # with more than five classes
+    matrix: Tensor  # with ``confusion``
 
     def __init__(self, num_classes: int, confusion: bool):
         super().__init__()

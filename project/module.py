@@ -98,7 +98,7 @@ class ImageClassifier(L.LightningModule):
     def training_step(self, batch, batch_idx: int) -> Tensor:
         loss = self._shared_step(batch, self.train_metrics)
         self._step_loss = loss.detach(), batch_idx  # checked once backward is queued, before the step
-        every, step = self.trainer.log_every_n_steps, self.global_step
+        every, step = self.trainer.log_every_n_steps, self.global_step  # type: ignore[attr-defined]  # set by a connector
         if every and (step + 1) % every == 0:  # the steps Lightning writes; self.log costs on every call
             self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
         if self.pictures is not None and not self.pictures.inputs_logged and (writer := self._writer()) is not None:
@@ -145,7 +145,7 @@ class ImageClassifier(L.LightningModule):
         return {"index": index, "label": label, "probability": confidence}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        dm = self.trainer.datamodule
+        dm = self.trainer.datamodule  # type: ignore[attr-defined]  # Lightning's data connector sets it
         checkpoint.update(contract.capture_extras(self.class_names, self.val_metrics, self.train_metrics, dm))
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:

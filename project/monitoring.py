@@ -33,7 +33,7 @@ def denormalize(x: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tenso
 
 def _to_pil(img: Tensor) -> Image.Image:
     arr = (img.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
-    return Image.fromarray(arr).resize((TILE, TILE), Image.NEAREST)
+    return Image.fromarray(arr).resize((TILE, TILE), Image.Resampling.NEAREST)
 
 
 def _png(image: Image.Image, text: Mapping[str, str] | None = None, web_palette: bool = False) -> bytes:
@@ -114,8 +114,8 @@ def confusion_matrix_png(cm: Tensor, class_names: Sequence[str]) -> bytes:
 def _rendered_text(text: str, fill: str) -> Image.Image:
     """Text on a transparent tile, rendered once: most cells repeat a few counts (0 above all)."""
     font = ImageFont.load_default(size=11)
-    left, top, right, bottom = font.getbbox(text)
-    tile = Image.new("RGBA", (right - left + 2, bottom - top + 2), (0, 0, 0, 0))
+    left, top, right, bottom = font.getbbox(text)  # whole pixels, though typed as floats
+    tile = Image.new("RGBA", (int(right - left) + 2, int(bottom - top) + 2), (0, 0, 0, 0))
     ImageDraw.Draw(tile).text((1 - left, 1 - top), text, font=font, fill=fill)
     return tile
 

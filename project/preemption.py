@@ -20,8 +20,10 @@ import subprocess
 import sys
 import threading
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from types import FrameType
+from typing import Any, Literal
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback
@@ -32,6 +34,8 @@ from project.callbacks import LatestCheckpoint
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 RequeueSignal = Literal["SIGUSR1", "SIGUSR2", "SIGTERM"]
+# What signal.signal takes and returns: a function, SIG_DFL or SIG_IGN, or None (not set from Python)
+Handler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
 
 
 class Preempted(SystemExit):
@@ -51,6 +55,7 @@ def slurm_job_id() -> str | None:
 def requeue(job_id: str) -> None:
     """``scontrol requeue JOB``, as Lightning's SLURM handler runs it: the job goes back into the queue
     and its next start resumes from the checkpoint just written."""
+    result: int | str
     try:
         result = subprocess.run(["scontrol", "requeue", job_id], check=False).returncode
     except FileNotFoundError:
@@ -74,7 +79,7 @@ class StopSignals:
         self.requeue_signal = requeue_signal
         self.received: int | None = None
         self.active = False
-        self._previous: dict[int, object] = {}
+        self._previous: dict[int, Handler] = {}
 
     def install(self) -> StopSignals:
         if threading.current_thread() is not threading.main_thread():
@@ -161,6 +166,7 @@ class Preemption(Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Again: Lightning put its SIGTERM handler in front of this one at fit start, and that one
         # ends the run at the next batch with exit status 0 and no checkpoint.
+        assert self.signals is not None  # setup("fit") made them
         self.signals.install()
         if self._stop_asked(trainer):
             self._stop(trainer, None, "before training", fresh=False)
@@ -191,7 +197,8 @@ class Preemption(Callback):
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         # Before Lightning creates the training loader's iterator (a loader's own state_dict would be
         # restored after it, Lightning #20550), so its first pass is the rest of the epoch.
-        start = contract.resume_point(checkpoint, trainer.datamodule, trainer.world_size)
+        dm = trainer.datamodule  # type: ignore[attr-defined]  # Lightning's data connector sets it
+        start = contract.resume_point(checkpoint, dm, trainer.world_size)
         if start.batch:
             # Lightning warns that a mid-epoch checkpoint with a plain loader repeats samples: not here.
             warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before the epoch ended")
@@ -218,6 +225,7 @@ class Preemption(Callback):
     def _stop(self, trainer: L.Trainer, batches_done: int | None, where: str, fresh: bool = True) -> None:
         """Stop with last.ckpt: written here, inside an epoch after ``batches_done`` of its batches, or
         (None) the one already there (``fresh``: the epoch's end just wrote it); requeue; then exit."""
+        assert self.signals is not None  # setup("fit") made them
         signum = self.signals.received or signal.SIGTERM  # another rank's signal
         if batches_done is not None and trainer.world_size > 1:
             # Lightning hands each process its share of the order (a DistributedSampler), so the
@@ -235,7 +243,9 @@ class Preemption(Callback):
         elif path is not None and not path.exists():
             path = None
         if self.signals.requeue_requested and trainer.is_global_zero:
-            requeue(slurm_job_id())
+            job_id = slurm_job_id()
+            assert job_id is not None  # the requeue signal is set under SLURM only
+            requeue(job_id)
         self._leaving = (signum, stop_message(signum, path, where, fresh) if trainer.is_global_zero else None)
         if batches_done is None:  # else the exit waits for Lightning to log this step
             self._leave(*self._leaving)

@@ -55,6 +55,7 @@ class Recorder:
         for hook in self._hooks:
             hook.remove()
         state = {k: v.cpu().clone() for k, v in self._state().items()}
+        assert self.net is not None and self.optimizer is not None  # attach() set them
         # the optimizer numbers parameters in the order of its groups, which need not be the network's
         name_of = {id(p): n for n, p in self.net.named_parameters()}
         names = [name_of[id(p)] for group in self.optimizer.param_groups for p in group["params"]]
@@ -68,6 +69,7 @@ class Recorder:
     def _groups(self) -> dict[str, Tensor]:
         """The optimizer's parameter groups: each numeric setting (lr, momentum, weight decay, ...)
         and the positions of its parameters in the network, as tensors, so groups are compared too."""
+        assert self.net is not None and self.optimizer is not None  # attach() set them
         position = {id(p): i for i, p in enumerate(self.net.parameters())}
         tensors = {}
         for g, group in enumerate(self.optimizer.param_groups):
@@ -78,6 +80,7 @@ class Recorder:
         return tensors
 
     def _state(self) -> dict[str, Tensor]:
+        assert self.net is not None  # attach() set it
         tensors = {f"param.{k}": v.detach() for k, v in self.net.named_parameters()}
         tensors.update({f"buffer.{k}": v.detach() for k, v in self.net.named_buffers()})
         return tensors

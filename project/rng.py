@@ -8,6 +8,7 @@ reads it back.
 from __future__ import annotations
 
 import random
+from typing import cast
 
 import numpy as np
 import torch
@@ -15,7 +16,9 @@ import torch
 
 def capture_rng() -> dict:
     """torch (CPU and every CUDA device), numpy and Python ``random`` states."""
-    kind, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
+    # The legacy tuple: numpy's stub adds the dict form, which the global MT19937 generator never returns
+    legacy = cast("tuple[str, np.ndarray, int, int, float]", np.random.get_state())
+    kind, keys, pos, has_gauss, cached_gaussian = legacy
     python_version, python_state, python_gauss = random.getstate()
     return {
         "torch": torch.get_rng_state(),

@@ -102,6 +102,7 @@ def resume_into_last_run(logger: Namespace) -> tuple[str, dict]:
 def resume_from(last: Path, logger: Namespace) -> tuple[str, dict]:
     """Resume ``last`` into the logger's version folder, which holds it."""
     checkpoint = check_ckpt_path(str(last))
+    assert checkpoint is not None  # a file's path, which check_ckpt_path reads
     steps = checkpoint["global_step"]
     # TensorBoard hides the interrupted run's events from this step on: no step shows twice.
     logger.dict_kwargs = {**(logger.get("dict_kwargs") or {}), "purge_step": steps}

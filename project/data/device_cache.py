@@ -5,7 +5,8 @@ device and no per-sample Python. For data sets that fit: digits, MNIST, CIFAR, s
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sized
+from typing import cast
 
 import torch
 from torch import Tensor
@@ -61,7 +62,8 @@ class DeviceBatches:
         self.order, self.sampler = order, sampler
 
     def __len__(self) -> int:
-        n = len(self.split) if self.sampler is None else len(self.sampler)
+        # a rank's DistributedSampler: torch's Sampler type leaves __len__ out
+        n = len(self.split) if self.sampler is None else len(cast(Sized, self.sampler))
         return math.ceil(n / self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:

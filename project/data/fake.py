@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 from torchvision import datasets as tvd
 
 from project.data.source import DataSource, SourceOptions
@@ -30,7 +32,7 @@ class FakeData(DataSource):
 
     @property
     def input_hw(self) -> tuple[int, int]:
-        return tuple(self.image_shape[1:])
+        return cast("tuple[int, int]", tuple(self.image_shape[1:]))  # (C, H, W) -> (H, W)
 
     def own_normalization(self) -> Stats:
         return ((0.5,) * self.channels, (0.2887,) * self.channels)  # uniform on [0, 1]: std 1/sqrt(12)

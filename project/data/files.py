@@ -56,7 +56,7 @@ def class_folders(folder: Path) -> list[str]:
 def uniform_size(sizes: Mapping[Path, tuple[int, int]]) -> tuple[int, int]:
     """The one (H, W) of all files in ``sizes`` (path -> (H, W)); files of other sizes can't be
     batched without resizing."""
-    first = None
+    first: tuple[Path, tuple[int, int]] | None = None
     for path, hw in sizes.items():
         if first is None:
             first = (path, hw)
@@ -65,4 +65,5 @@ def uniform_size(sizes: Mapping[Path, tuple[int, int]]) -> tuple[int, int]:
                 f"Images differ in size ({first[0]} is {first[1][1]}x{first[1][0]}, {path} is {hw[1]}x{hw[0]}): "
                 f"set --data.image_size N to resize them all to N x N"
             )
+    assert first is not None, "no image sizes"
     return first[1]

@@ -117,6 +117,7 @@ class ImageFolderData(DataSource):
             folders = [self.train_dir(), *(d for d in (self._split_val_dir(), self._test_dir()) if d is not None)]
             scans = {folder: scan_class_folders(folder) for folder in folders}
             problems = [p for scan in scans.values() for p in scan.problems]
+            assert self.root is not None  # train_dir() raised otherwise
             if problems and self.on_bad_file == "error":
                 raise UserPathError(bad_files_report(problems, self.root))
             if problems:
@@ -164,13 +165,14 @@ class ImageFolderData(DataSource):
             return self.image_size, self.crop_size
         return self.resize_hw, None
 
-    def new_image_geometry(self) -> tuple[tuple[int, int] | int, int | None]:
+    def new_image_geometry(self) -> tuple[tuple[int, int] | int | None, int | None]:
         return (self.image_size, self.crop_size) if self.crop_size else (self.input_hw, None)
 
     def own_normalization(self) -> Stats:
         if self._stats is None:
-            train = self._train_part(self._folder(self.train_dir()))
-            samples = [train.dataset.samples[i] for i in train.indices] if isinstance(train, Subset) else train.samples
+            full = self._folder(self.train_dir())
+            train = self._train_part(full)  # all of full, or a Subset of it
+            samples = [full.samples[i] for i in train.indices] if isinstance(train, Subset) else full.samples
             files = [Path(path) for path, _ in samples]
             size, crop = self._geometry()
             self._stats = imagefolder_stats(files, image_transform(None, size, crop=crop))
@@ -192,11 +194,14 @@ class ImageFolderData(DataSource):
 
     def _split_val_dir(self) -> Path | None:
         """``root/val`` beside ``root/train``; None for the one-folder layout."""
-        train_dir, val_dir = self.train_dir(), self.root / "val"
+        train_dir = self.train_dir()
+        assert self.root is not None  # train_dir() raised otherwise
+        val_dir = self.root / "val"
         return val_dir if train_dir == self.root / "train" and val_dir.is_dir() else None
 
     def _test_dir(self) -> Path | None:
         self.train_dir()  # a missing root is named first
+        assert self.root is not None
         return self.root / "test" if (self.root / "test").is_dir() else None
 
     def _val_dir(self) -> Path | None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from project.data.digits import DigitsData
 from project.data.fake import FakeData
@@ -21,7 +21,10 @@ SOURCES: dict[str, type[DataSource]] = {
     "fake": FakeData,
 }
 # The choices of ``data.dataset`` in the CLI's schema (and its --help), made from the registry.
-DatasetName = Literal[tuple(SOURCES)]
+if TYPE_CHECKING:  # a Literal made at run time is no type to a type checker: there, any name
+    DatasetName = str
+else:
+    DatasetName = Literal[tuple(SOURCES)]
 
 
 def build_source(name: str, options: SourceOptions) -> DataSource:

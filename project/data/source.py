@@ -74,7 +74,7 @@ class DataSource(ABC):
     def own_normalization(self) -> Stats:
         """The data set's own per-channel (mean, std)."""
 
-    def new_image_geometry(self) -> tuple[tuple[int, int] | int, int | None]:
+    def new_image_geometry(self) -> tuple[tuple[int, int] | int | None, int | None]:
         """(resize, crop) for new images given to ``predict``: the model's input size, uncropped."""
         return self.input_hw, None
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 import atexit
 import os
 import random
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -74,11 +75,19 @@ def data_parallel(net: nn.Module, processes: Processes, device: torch.device, sy
     return DistributedDataParallel(layers, device_ids=[device] if device.type == "cuda" else None), layers
 
 
+class Batches(Protocol):
+    """A loader that knows how many batches a pass holds: a DataLoader, or DeviceBatches."""
+
+    def __len__(self) -> int: ...
+
+    def __iter__(self) -> Iterator: ...
+
+
 class EpochShuffled:
     """A training loader whose sampler is told the epoch before each pass, as Lightning's fit loop
     tells it: a ``DistributedSampler`` shuffles by seed + epoch, and would repeat one order without."""
 
-    def __init__(self, loader: Iterable, first_epoch: int):
+    def __init__(self, loader: Batches, first_epoch: int):
         self.loader, self.epoch = loader, first_epoch
 
     def __len__(self) -> int:

@@ -43,6 +43,7 @@ class ReferenceProgress:
     def on_step(self, step: int, epoch: int, loss: torch.Tensor) -> None:
         """After optimizer step ``step``: a line every N steps where stdout is not a terminal."""
         if self.step_lines:
+            assert self.lines is not None  # step_lines only with lines
             self.lines.on_step(step, epoch, lambda: float(loss))
 
     def on_epoch_end(self, epoch: int, step: int, results: dict) -> None:

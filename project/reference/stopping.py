@@ -70,7 +70,9 @@ class ReferenceStop:
         signum = self.signals.received or signal.SIGTERM  # another rank's signal
         if self.settings.processes.is_global_zero:
             if self.signals.requeue_requested:
-                requeue(slurm_job_id())
+                job_id = slurm_job_id()
+                assert job_id is not None  # the requeue signal is set under SLURM only
+                requeue(job_id)
             path = self.last_checkpoint()
             written = self.settings.enable_checkpointing and path.is_file()
             print(stop_message(signum, path if written else None, where, new), file=sys.stderr, flush=True)

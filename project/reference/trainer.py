@@ -59,7 +59,7 @@ class ReferenceTrainer:
         self.callbacks = list(callbacks)
         self.optimizers: list[torch.optim.Optimizer] = []
         self.estimated_stepping_batches = 0
-        self.callback_metrics: dict[str, torch.Tensor] = {}
+        self.callback_metrics: dict[str, torch.Tensor | float] = {}  # val/acc_best is a float
         self.progress = ReferenceProgress(settings)
 
     @property
@@ -259,7 +259,7 @@ class ReferenceTrainer:
         model.class_names = list(datamodule.class_names)  # some data sets name their classes only now
 
     def _metrics(self, stage: str, model: ImageClassifier) -> StageMetrics:
-        metrics = build_stage_metrics(stage, model.hparams.num_classes, model.picture_spec.num_misclassified)
+        metrics = build_stage_metrics(stage, model.hparams["num_classes"], model.picture_spec.num_misclassified)
         return metrics.to(self.settings.device)
 
     def _logger(self, model: ImageClassifier, datamodule: ImageDataModule, purge_step: int | None = None):
