@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from project.checkpoint_io import read_checkpoint
+from project.checkpoint_io import check_state_dict_fits, read_checkpoint
 from project.errors import CheckpointError, ConfigError, DataUnavailableError, UserPathError
 
 log = logging.getLogger(__name__)
@@ -90,22 +90,9 @@ def load_pretrained(net: nn.Module, state: Mapping, source: str, fresh: tuple[st
         want = expected.get(key)
         if want is not None and value.dim() == 4 and want.shape[1] == 1 and value.shape[1] == 3:
             found[key] = value.sum(dim=1, keepdim=True)
-    missing = [k for k in expected if k not in found]
-    unexpected = [k for k in found if k not in expected]
-    reshaped = [
-        f"{k} {tuple(found[k].shape)} vs {tuple(expected[k].shape)}"
-        for k in expected
-        if k in found and tuple(found[k].shape) != tuple(expected[k].shape)
-    ]
-    if missing or unexpected or reshaped:
-        parts = [
-            f"{len(keys)} {what} ({', '.join(keys[:5])}{', ...' if len(keys) > 5 else ''})"
-            for what, keys in (("missing", missing), ("unexpected", unexpected), ("of another shape", reshaped))
-            if keys
-        ]
-        raise CheckpointError(
-            f"model.weights: {source} does not fit this {type(net).__name__} beyond its head {skip[0]}: "
-            + "; ".join(parts)
-        )
+    try:
+        check_state_dict_fits(found, expected, source, f"this {type(net).__name__} beyond its head {skip[0]}", "")
+    except CheckpointError as exc:
+        raise CheckpointError(f"model.weights: {exc}") from None
     net.load_state_dict(found, strict=False)
     log.info("loaded %s into %s; fresh: %s", source, type(net).__name__, ", ".join(skip))
