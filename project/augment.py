@@ -10,6 +10,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
+def crop_padding(hw: tuple[int, int] | None) -> int:
+    """The padding of the random crop for (H, W) images: an eighth of the shorter side, at least 1 (4 px
+    on 32 px images, as in the usual CIFAR recipe); 4 px when the size is not known without reading
+    files (an image folder without image_size), rather than reading them."""
+    return 4 if hw is None else max(1, min(hw) // 8)
+
+
 class RandomCropFlip:
     """Random crop with zero padding plus a random horizontal flip, per image."""
 

@@ -4,7 +4,7 @@ back as tensors and plain data only, so that a file can neither run code nor fai
 ``atomic_torch_save`` is the one writer of both loops (Lightning's through ``AtomicCheckpointIO``,
 which the CLI gives every Trainer; the reference trainer directly), ``read_checkpoint`` the one
 reader, and ``check_class_names`` / ``check_state_dict_fits`` the checks of a checkpoint against the
-data and the network it is given to.
+data and the network it is given to (``check_state_dict_fits`` checks pretrained weights too).
 """
 
 from __future__ import annotations
@@ -151,9 +151,20 @@ def check_class_names(checkpoint: Mapping, data_class_names: Sequence[str], path
         )
 
 
-def check_state_dict_fits(found: Mapping, expected: Mapping, path: str | os.PathLike) -> None:
-    """``found`` (a checkpoint's state_dict) must load strictly into a network whose state_dict is
-    ``expected``: the same keys, and tensors of the same shapes."""
+ANOTHER_MODEL = ". It was saved from another model: pass the config (--model.*) it was trained with"
+
+
+def check_state_dict_fits(
+    found: Mapping,
+    expected: Mapping,
+    path: str | os.PathLike,
+    network: str = "the network of this config",
+    advice: str = ANOTHER_MODEL,
+) -> None:
+    """``found`` (a checkpoint's state_dict, or pretrained weights) must load strictly into
+    ``network``, whose state_dict is ``expected``: the same keys, and tensors of the same shapes.
+    Else a ``CheckpointError``: ``path`` does not fit ``network``, how many keys are missing,
+    unexpected or of another shape and the first of each, then ``advice``."""
     missing = [k for k in expected if k not in found]
     unexpected = [k for k in found if k not in expected]
     reshaped = [
@@ -162,12 +173,12 @@ def check_state_dict_fits(found: Mapping, expected: Mapping, path: str | os.Path
         if k in found and hasattr(found[k], "shape") and tuple(found[k].shape) != tuple(expected[k].shape)
     ]
     if missing or unexpected or reshaped:
-        problems = [*reshaped, *(f"{k} is missing" for k in missing), *(f"{k} is not in it" for k in unexpected)]
-        raise CheckpointError(
-            f"{path} was saved from another model: it does not fit the network of this config "
-            f"({len(missing)} tensors missing, {len(unexpected)} unexpected, {len(reshaped)} of another shape; "
-            f"first: {problems[0]}). Pass the config (--model.*) the checkpoint was trained with"
-        )
+        parts = [
+            f"{len(keys)} {what} ({', '.join(keys[:5])}{', ...' if len(keys) > 5 else ''})"
+            for what, keys in (("missing", missing), ("unexpected", unexpected), ("of another shape", reshaped))
+            if keys
+        ]
+        raise CheckpointError(f"{path} does not fit {network}: {'; '.join(parts)}{advice}")
 
 
 def _names(names: Sequence[str], most: int = 20) -> str:

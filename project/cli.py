@@ -2,25 +2,21 @@
 
 from __future__ import annotations
 
-import logging
-import signal
 import sys
-import warnings
 
 import torch
 from jsonargparse import Namespace
-from lightning.fabric.plugins.environments import ClusterEnvironment, SLURMEnvironment
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.plugins.io import CheckpointIO
 
 from project.callbacks import EpochCheckpoint, LatestCheckpoint, LogLinesProgressBar, PredictionCSV
-from project.checkpoint_io import AtomicCheckpointIO
+from project.console import quiet_lightning
 from project.data import SOURCES, ImageDataModule
 from project.errors import ConfigError, reported_as_exit
 from project.factory import DEFAULT_OPTIMIZER
+from project.lightning_trainer import BatchLimitTrainer, with_atomic_checkpoints, with_slurm_requeue
 from project.models.pretrained import preprocessing_of
 from project.module import ImageClassifier
 from project.monitoring import log_hparams, run_hparams
@@ -46,47 +42,6 @@ TRAINER_DEFAULTS = {
 }
 
 
-# ``int | float``, not ``typing.Union``: typing caches unions and treats ``Union[int, float]`` and
-# ``Union[float, int]`` as one, so Lightning's ``Optional[Union[int, float]]`` batch limits come out as
-# ``Union[float, int, None]`` (``lightning/fabric/fabric.py`` spells one first). jsonargparse tries a
-# union's types in order, and float takes ``1``: ``limit_train_batches: 1`` became 1.0, every batch.
-BatchLimit = int | float | None
-
-
-class BatchLimitTrainer(Trainer):
-    """Lightning's Trainer, with the ``limit_*_batches`` parsed int first: ``1`` is one batch,
-    ``1.0`` all of them, as the Trainer's docs say.
-
-    Args:
-        limit_train_batches: How much of the training set to use per epoch (float = fraction,
-            int = number of batches). Default: ``1.0``.
-        limit_val_batches: The same for each validation run.
-        limit_test_batches: The same for testing.
-        limit_predict_batches: The same for predicting.
-    """
-
-    def __init__(
-        self,
-        *,
-        limit_train_batches: BatchLimit = None,
-        limit_val_batches: BatchLimit = None,
-        limit_test_batches: BatchLimit = None,
-        limit_predict_batches: BatchLimit = None,
-        **kwargs,
-    ):
-        super().__init__(
-            limit_train_batches=limit_train_batches,
-            limit_val_batches=limit_val_batches,
-            limit_test_batches=limit_test_batches,
-            limit_predict_batches=limit_predict_batches,
-            **kwargs,
-        )
-
-
-def not_an_advert(record: logging.LogRecord) -> bool:
-    return not str(record.msg).startswith("💡 Tip:")
-
-
 class TwinloopCLI(LightningCLI):
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("trainer_class", BatchLimitTrainer)
@@ -94,13 +49,7 @@ class TwinloopCLI(LightningCLI):
         kwargs.setdefault("seed_everything_default", 42)
         kwargs.setdefault("save_config_callback", SaveRunConfig)
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
-        # Under DDP Lightning asks for self.log(..., sync_dist=True) at epoch level; the module logs
-        # values that torchmetrics has already summed over the ranks, so the advice does not apply.
-        warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('(train|val|test)/")
-        # Lightning 2.6 calls a pytree check that newer torch releases deprecate: nothing for a user to change.
-        warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
-        # and every Trainer prints an advertisement for a cloud logger; a run's console keeps the rest
-        logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(not_an_advert)
+        quiet_lightning()
         # `twinloop export` is dispatched by main() before this parser: its help names it
         kwargs.setdefault(
             "parser_kwargs",
@@ -263,24 +212,6 @@ def use_weights_preprocessing(model: Namespace, data: Namespace) -> None:
         if not mean:  # gray data: one channel stands for R = G = B
             mean, std = [sum(pre.mean) / len(pre.mean)] * channels, [sum(pre.std) / len(pre.std)] * channels
         data.mean, data.std = mean, std
-
-
-def with_atomic_checkpoints(plugins, strategy) -> list:
-    """The Trainer's ``plugins`` plus an ``AtomicCheckpointIO``, unless they or the strategy already
-    bring a CheckpointIO of their own."""
-    plugins = [] if plugins is None else list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
-    if not any(isinstance(p, CheckpointIO) for p in plugins) and getattr(strategy, "_checkpoint_io", None) is None:
-        plugins.append(AtomicCheckpointIO())
-    return plugins
-
-
-def with_slurm_requeue(plugins: list, requeue_signal: str) -> list:
-    """Under SLURM, Lightning's SLURM environment with auto-requeue on ``requeue_signal``, unless the
-    plugins name a cluster environment. (``Preemption`` acts on the signal at the next optimizer
-    step: Lightning's own handler would save from inside the handler, in the middle of a step.)"""
-    if not SLURMEnvironment.detect() or any(isinstance(p, ClusterEnvironment) for p in plugins):
-        return plugins
-    return [*plugins, SLURMEnvironment(auto_requeue=True, requeue_signal=signal.Signals[requeue_signal])]
 
 
 class SaveRunConfig(SaveConfigCallback):

@@ -16,7 +16,7 @@ from __future__ import annotations
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from project.models.pretrained import head_name
+from project.models.weights import head_name
 
 
 def split_backbone(net: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:

@@ -11,20 +11,21 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, Dataset
 
-from project.augment import RandomCropFlip
-from project.data.device_cache import CachedSplit, DeviceBatches
+from project.augment import RandomCropFlip, crop_padding
+from project.data.arguments import check_arguments
+from project.data.device_cache import CachedSplit, DeviceBatches, cached_splits
+from project.data.loaders import data_loader, stage_sampler
 from project.data.new_images import FileListDataset, new_images
-from project.data.order import EpochOrder, ShuffledSampler
 from project.data.registry import DatasetName, build_source
 from project.data.scan import OnBadFile
-from project.data.source import SourceOptions
-from project.data.split import seeded_split
+from project.data.seeds import DataSeeds
+from project.data.source import DataSource, SourceOptions
+from project.data.split import stage_splits
 from project.data.transforms import Stats
-from project.errors import ConfigError, out_of_memory_hint
+from project.errors import out_of_memory_hint
 
 
 class ImageDataModule(L.LightningDataModule):
@@ -77,14 +78,7 @@ class ImageDataModule(L.LightningDataModule):
         std: list[float] | None = None,
     ):
         super().__init__()
-        if (mean is None) != (std is None):
-            raise ConfigError("data.mean and data.std go together: set both or neither")
-        if crop_size is not None and dataset != "imagefolder":
-            raise ConfigError(f"data.crop_size is for image folders; data.dataset={dataset} keeps its own size")
-        if not 0.0 < val_fraction < 1.0:
-            raise ConfigError(f"data.val_fraction must be between 0 and 1, got {val_fraction}")
-        if batch_size < 1:
-            raise ConfigError(f"data.batch_size must be at least 1, got {batch_size}")
+        check_arguments(dataset, batch_size, val_fraction, crop_size, mean, std)
         self.dataset = dataset
         self.root = Path(root) if root is not None else None
         self.batch_size = batch_size
@@ -103,37 +97,30 @@ class ImageDataModule(L.LightningDataModule):
         self.fake_num_classes = fake_num_classes
         self.on_bad_file = on_bad_file
         self.crop_size = crop_size
-        stats = (tuple(mean), tuple(std)) if mean is not None else None
-        options = SourceOptions(
-            self.root,
-            image_size,
-            val_fraction,
-            seed,
-            fake_size,
-            self.fake_image_shape,
-            fake_num_classes,
-            on_bad_file,
-            crop_size,
-            stats,
-        )
-        self.source = build_source(dataset, options)  # stores arguments only: no file is read yet
+        self.source = self._build_source(mean, std)
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
         self.test_set: Dataset | None = None
         self.predict_set: FileListDataset | None = None
-        # One generator per loader: iterator creation and shuffling then never draw from the
-        # global RNG, which dropout uses. Their states belong in a checkpoint.
-        self.generators = {
-            s: torch.Generator().manual_seed(seed + i) for i, s in enumerate(("train", "val", "test", "predict"))
-        }
-        # The seeds DataLoaders draw for their worker processes come from a generator of their own:
-        # a resumed run creates its loader afresh where the uninterrupted one reused its persistent
-        # workers, and that extra draw must not move the shuffling.
-        self.worker_seeds = torch.Generator().manual_seed(seed + 20)
-        # The training order, resumable inside an epoch (see ``continue_epoch``).
-        self.train_order = EpochOrder(self.generators["train"])
-        self._loaded_epoch_start: Tensor | None = None
-        self.augmenter = RandomCropFlip(padding=self._padding(), seed=seed + 10) if augment else None
+        # the loaders' generators, the training order and the augmenter: all in a checkpoint
+        self.seeds = DataSeeds(seed, crop_padding(self.source.declared_hw) if augment else None)
+
+    def _build_source(self, mean: list[float] | None, std: list[float] | None) -> DataSource:
+        """The data set's source, from the arguments stored: it stores them in turn, no file is read yet."""
+        stats = (tuple(mean), tuple(std)) if mean is not None else None
+        options = SourceOptions(
+            self.root,
+            self.image_size,
+            self.val_fraction,
+            self.seed,
+            self.fake_size,
+            self.fake_image_shape,
+            self.fake_num_classes,
+            self.on_bad_file,
+            self.crop_size,
+            stats,
+        )
+        return build_source(self.dataset, options)
 
     # ---- facts the model is linked to, all from the source ----
     @property
@@ -169,16 +156,7 @@ class ImageDataModule(L.LightningDataModule):
         """What an image goes through before the model, for whoever feeds it outside this project
         (checkpoints and the export's sidecar keep it): resize (shorter side when there is a crop,
         else to a square; null: none), crop, the input size and channels, and the mean and std."""
-        resize, crop = self.source.new_image_geometry()
-        mean, std = self.normalization()
-        return {
-            "input_size": list(self.input_hw),
-            "channels": self.in_channels,
-            "resize": list(resize) if isinstance(resize, tuple) else resize,
-            "crop": crop,
-            "mean": list(mean),
-            "std": list(std),
-        }
+        return self.source.preprocessing()
 
     @property
     def resize_hw(self) -> tuple[int, int] | None:
@@ -204,19 +182,10 @@ class ImageDataModule(L.LightningDataModule):
         if self.train_set is not None:
             return
         raw = self.device_cache  # cached splits hold images as stored and normalise whole batches
-        full, own_val = self.source.full_train(raw), self.source.own_val(raw)
-        if own_val is not None:
-            self.train_set, self.val_set = full, own_val
-        else:
-            self.train_set, self.val_set = seeded_split(full, self.val_fraction, self.seed)
-        own_test = self.source.own_test(raw)
-        self.test_set = own_test if own_test is not None else self.val_set
+        splits = stage_splits(self.source, self.val_fraction, self.seed, raw)
         if self.device_cache:
-            cached = {id(s): CachedSplit(s, self.device, self.num_workers) for s in (self.train_set, self.val_set)}
-            cached.setdefault(id(self.test_set), CachedSplit(self.test_set, self.device, self.num_workers))
-            self.train_set, self.val_set, self.test_set = (
-                cached[id(s)] for s in (self.train_set, self.val_set, self.test_set)
-            )
+            splits = cached_splits(splits, self.device, self.num_workers)
+        self.train_set, self.val_set, self.test_set = splits
 
     def transfer_batch_to_device(self, batch, device: torch.device, dataloader_idx: int):
         # Every batch is two tensors, (images, labels) or (images, indices): moved as such, rather
@@ -242,6 +211,10 @@ class ImageDataModule(L.LightningDataModule):
             return self.augment_batch(x), y
         return batch
 
+    @property
+    def augmenter(self) -> RandomCropFlip | None:
+        return self.seeds.augmenter
+
     def augment_batch(self, x: Tensor) -> Tensor:
         return self.augmenter(x) if self.augmenter is not None else x
 
@@ -260,65 +233,23 @@ class ImageDataModule(L.LightningDataModule):
     def _loader(self, dataset: Dataset | None, stage: str, shuffle: bool = False) -> DataLoader | DeviceBatches:
         if dataset is None:
             raise RuntimeError(f"{stage} data is not set up: call setup() first")
-        sampler = self._sampler(dataset, stage, shuffle)
+        order = self.seeds.train_order
+        sampler = stage_sampler(dataset, shuffle, self.shard, order, self.batch_size, self.seed)
         if isinstance(dataset, CachedSplit):  # on the device of the latest setup, whoever called it first
             # one process: the resumable order itself (the sampler is for DataLoaders); DDP: the rank's share
-            order = self.train_order if shuffle and self.shard is None else None
+            order = order if shuffle and self.shard is None else None
             share = sampler if self.shard is not None else None
             return DeviceBatches(dataset.to(self.device), self.batch_size, self.source.to_model_input, order, share)
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            sampler=sampler,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            pin_memory=torch.cuda.is_available(),
-            generator=self.worker_seeds,
-        )
-
-    def _sampler(self, dataset: Dataset, stage: str, shuffle: bool) -> Sampler[int] | None:
-        """One process: a ``RandomSampler``'s draws from the training order (``ShuffledSampler``, which
-        a resume inside an epoch starts at its next batch), or none (in order). Under DDP, each
-        rank's share: for training, Lightning's own choice, a ``DistributedSampler`` seeded with the run's
-        seed (one permutation per epoch from seed + epoch, dealt out rank by rank and padded with repeats
-        so that every rank takes as many steps); for evaluation and prediction, every sample exactly once
-        (``UnrepeatedDistributedSampler``: ranks may differ by one sample, and nothing is counted twice;
-        a padded ``DistributedSampler`` would count some twice, pytorch#25162)."""
-        if self.shard is None:
-            return ShuffledSampler(len(dataset), self.train_order, self.batch_size) if shuffle else None
-        rank, world = self.shard
-        if shuffle:
-            return DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=self.seed)
-        return UnrepeatedDistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=False)
+        return data_loader(dataset, self.batch_size, sampler, self.num_workers, self.seeds.worker_seeds)
 
     def state_dict(self) -> dict:
-        state = {f"generator.{k}": g.get_state() for k, g in self.generators.items()}
-        state["worker_seeds"] = self.worker_seeds.get_state()
-        state["train_epoch_start"] = self.train_order.epoch_start  # for a resume inside the epoch
-        if self.augmenter is not None:
-            state["augmenter"] = self.augmenter.state_dict()
-        return state
+        return self.seeds.state_dict()
 
     def load_state_dict(self, state: dict) -> None:
-        for k, g in self.generators.items():
-            if f"generator.{k}" in state:
-                g.set_state(state[f"generator.{k}"])
-        if "worker_seeds" in state:
-            self.worker_seeds.set_state(state["worker_seeds"])
-        self._loaded_epoch_start = state.get("train_epoch_start")
-        if self.augmenter is not None and "augmenter" in state:
-            self.augmenter.load_state_dict(state["augmenter"])
+        self.seeds.load_state_dict(state)
 
     def continue_epoch(self, batches_done: int) -> None:
         """After ``load_state_dict`` of a checkpoint written inside an epoch, after ``batches_done`` of
         its training batches: the next training pass is the rest of that epoch, in its order. Call
         it before the training loader's first pass (with workers, before its iterator exists)."""
-        if self._loaded_epoch_start is None:
-            raise RuntimeError("continue_epoch: the loaded data state has no train_epoch_start")
-        self.train_order.resume(self._loaded_epoch_start, batches_done)
-
-    def _padding(self) -> int:
-        # 4 px on 32 px images, as in the usual CIFAR recipe; an image folder without image_size
-        # gets 4 px too, rather than reading its files here
-        hw = self.source.declared_hw
-        return 4 if hw is None else max(1, min(hw) // 8)
+        self.seeds.continue_epoch(batches_done)

@@ -34,6 +34,16 @@ class CachedSplit:
         return self
 
 
+def cached_splits(splits: tuple[Dataset, ...], device: torch.device, num_workers: int = 0) -> tuple[CachedSplit, ...]:
+    """Each of ``splits`` decoded once into ``device`` memory; a split given twice (the validation
+    split as the test split) is cached once."""
+    cached: dict[int, CachedSplit] = {}
+    for split in splits:
+        if id(split) not in cached:
+            cached[id(split)] = CachedSplit(split, device, num_workers)
+    return tuple(cached[id(split)] for split in splits)
+
+
 class DeviceBatches:
     """Batches of a ``CachedSplit``, like a ``DataLoader`` over it with a ``RandomSampler`` whose
     generator is ``order``'s (``order=None``: in the split's order), or with ``sampler`` (a rank's

@@ -78,6 +78,21 @@ class DataSource(ABC):
         """(resize, crop) for new images given to ``predict``: the model's input size, uncropped."""
         return self.input_hw, None
 
+    def preprocessing(self) -> dict:
+        """What an image goes through before the model, for whoever feeds it outside this project
+        (checkpoints and the export's sidecar keep it): resize (shorter side when there is a crop,
+        else to a square; null: none), crop, the input size and channels, and the mean and std."""
+        resize, crop = self.new_image_geometry()
+        mean, std = self.normalization()
+        return {
+            "input_size": list(self.input_hw),
+            "channels": self.channels,
+            "resize": list(resize) if isinstance(resize, tuple) else resize,
+            "crop": crop,
+            "mean": list(mean),
+            "std": list(std),
+        }
+
     def to_model_input(self, x: Tensor) -> Tensor:
         """A (B, C, H, W) batch from a ``raw`` dataset made into exactly what the normalized datasets
         yield: float32, scaled and normalized, computed on ``x``'s device."""

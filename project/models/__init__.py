@@ -6,8 +6,10 @@ import torchvision
 from torch import nn
 
 from project.errors import ConfigError
-from project.models.pretrained import fetch_torchvision_state, is_weights_file, load_pretrained, read_weights_file
+from project.models.pretrained import fetch_torchvision_state
 from project.models.simple_cnn import SimpleCNN
+from project.models.timm_backbones import build_timm_network
+from project.models.weights import is_weights_file, load_pretrained, read_weights_file
 
 __all__ = ["SimpleCNN", "build_network", "available_backbones"]
 
@@ -32,8 +34,6 @@ def build_network(
     torchvision weights name, or a .pth/.ckpt/.safetensors file) with a new head for ``num_classes``;
     in channels-last memory format and compiled (in place, so its state_dict keys stay) if asked."""
     if backbone.startswith(TIMM_PREFIX):
-        from project.models.timm_backbones import build_timm_network
-
         net = build_timm_network(backbone.removeprefix(TIMM_PREFIX), num_classes, in_channels, dropout, weights)
     else:
         net = _architecture(backbone, num_classes, in_channels, small_input_stem, dropout)

@@ -1,6 +1,6 @@
-"""Pretrained weights: ``model.weights`` as torchvision's weights API names them or as a file, loaded
-into a network whose classifier head is made for the data's classes; and the preprocessing that
-goes with them.
+"""torchvision's pretrained weights: ``model.weights`` as torchvision's weights API names them, from
+torch.hub's cache; and the preprocessing that goes with any backbone's weights (timm's from
+``timm_backbones``). Weights files, the new head and the strict loading are ``weights``'s.
 
 torchvision's weights are files in ``$TORCH_HOME/hub/checkpoints`` (torch.hub's cache), downloaded
 there on first use. Without network and without the file, the error names the file, the
@@ -9,44 +9,17 @@ directory, and how to put it there.
 
 from __future__ import annotations
 
-import logging
 import os
 import socket
-from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
 import torch
 import torchvision
-from torch import nn
 
-from project.checkpoint_io import read_checkpoint
-from project.errors import CheckpointError, ConfigError, DataUnavailableError, UserPathError
-
-log = logging.getLogger(__name__)
-
-WEIGHTS_FILE_SUFFIXES = (".pth", ".pt", ".ckpt", ".safetensors")
-
-
-class WeightsUnavailableError(DataUnavailableError):
-    """Pretrained weights that are neither in the cache nor downloadable; the message says where to put them."""
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """What pretrained weights expect of an image: the shorter side resized to ``resize``, a
-    ``crop`` x ``crop`` centre crop, then normalized with ``mean`` and ``std`` (RGB)."""
-
-    resize: int
-    crop: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-
-
-def is_weights_file(weights: str) -> bool:
-    """``model.weights`` names a file (by its suffix or a path separator), not a weights enum."""
-    return weights.lower().endswith(WEIGHTS_FILE_SUFFIXES) or "/" in weights or os.sep in weights
+from project.errors import ConfigError
+from project.models.timm_backbones import timm_preprocessing
+from project.models.weights import Preprocessing, WeightsUnavailableError, is_weights_file
 
 
 def torchvision_weights(backbone: str, weights: str) -> torchvision.models.WeightsEnum:
@@ -65,13 +38,11 @@ def torchvision_weights(backbone: str, weights: str) -> torchvision.models.Weigh
 
 
 def preprocessing_of(backbone: str, weights: str | None) -> Preprocessing | None:
-    """The resize, crop, mean and std that torchvision's ``weights`` were trained with; None for no
-    weights or a weights file (a file does not say)."""
+    """The resize, crop, mean and std that ``weights`` (torchvision's, or timm's for ``timm/<name>``)
+    were trained with; None for no weights or a weights file (a file does not say)."""
     if weights is None or is_weights_file(weights):
         return None
     if backbone.startswith("timm/"):
-        from project.models.timm_backbones import timm_preprocessing
-
         return timm_preprocessing(backbone, weights)
     transform = torchvision_weights(backbone, weights).transforms()
     return Preprocessing(
@@ -117,72 +88,3 @@ def download_weights(url: str, path: Path, what: str) -> None:
         torch.hub.download_url_to_file(url, str(path), prefix.group(1) if prefix else None, progress=True)
     except Exception as exc:  # HTTP, URL and hash errors all mean the same to the user
         raise WeightsUnavailableError(hint.format(why=f"{type(exc).__name__}: {exc}")) from None
-
-
-def read_weights_file(path: str) -> dict:
-    """A state dict from a file: a twinloop/Lightning checkpoint (``state_dict`` under ``net.``), a
-    torchvision reference checkpoint (``model``) or a bare state dict; tensors only (``weights_only``)."""
-    file = Path(path)
-    if not file.is_file():
-        raise UserPathError(f"model.weights: no such file: {path}")
-    if file.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(file))
-    try:
-        checkpoint = read_checkpoint(file)
-    except CheckpointError as exc:
-        if "has no state_dict" not in str(exc):
-            raise CheckpointError(f"model.weights: {exc}") from None
-        checkpoint = torch.load(file, map_location="cpu", weights_only=True)
-        state = checkpoint.get("model", checkpoint) if isinstance(checkpoint, Mapping) else None
-        if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-            raise CheckpointError(f"model.weights: {path} holds no state dict of tensors") from None
-        return dict(state)
-    state = checkpoint["state_dict"]
-    return {k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")} or dict(state)
-
-
-def head_name(net: nn.Module) -> str:
-    """The classifier head: the last ``nn.Linear`` of the network, the layer that gives the logits."""
-    linear = [name for name, m in net.named_modules() if isinstance(m, nn.Linear)]
-    if not linear:
-        raise ConfigError(f"model.weights: {type(net).__name__} has no linear classifier head to replace")
-    return linear[-1]
-
-
-def load_pretrained(net: nn.Module, state: Mapping, source: str, fresh: tuple[str, ...] = ()) -> None:
-    """Load ``state`` into ``net`` strictly, except the classifier head (and the modules named in
-    ``fresh``, such as a replaced stem), which keep their fresh initialisation: any other key that is
-    missing, unexpected or of another shape is an error naming it. A 1-channel stem takes the sum
-    of the pretrained RGB filters (a gray image is R = G = B)."""
-    skip = (head_name(net), *fresh)
-
-    def keep(key: str) -> bool:
-        return not any(key.startswith(f"{name}.") for name in skip)
-
-    expected = {k: v for k, v in net.state_dict().items() if keep(k)}
-    found = {k: v for k, v in state.items() if keep(k)}
-    for key, value in found.items():
-        want = expected.get(key)
-        if want is not None and value.dim() == 4 and want.shape[1] == 1 and value.shape[1] == 3:
-            found[key] = value.sum(dim=1, keepdim=True)
-    missing = [k for k in expected if k not in found]
-    unexpected = [k for k in found if k not in expected]
-    reshaped = [
-        f"{k} {tuple(found[k].shape)} vs {tuple(expected[k].shape)}"
-        for k in expected
-        if k in found and tuple(found[k].shape) != tuple(expected[k].shape)
-    ]
-    if missing or unexpected or reshaped:
-        parts = [
-            f"{len(keys)} {what} ({', '.join(keys[:5])}{', ...' if len(keys) > 5 else ''})"
-            for what, keys in (("missing", missing), ("unexpected", unexpected), ("of another shape", reshaped))
-            if keys
-        ]
-        raise CheckpointError(
-            f"model.weights: {source} does not fit this {type(net).__name__} beyond its head {skip[0]}: "
-            + "; ".join(parts)
-        )
-    net.load_state_dict(found, strict=False)
-    log.info("loaded %s into %s; fresh: %s", source, type(net).__name__, ", ".join(skip))

@@ -16,7 +16,7 @@ from pathlib import Path
 from torch import nn
 
 from project.errors import ConfigError, MissingPackageError
-from project.models.pretrained import (
+from project.models.weights import (
     Preprocessing,
     WeightsUnavailableError,
     is_weights_file,

@@ -1,0 +1,45 @@
+"""Each stage's loader: which samples this process takes (all of them, or its rank's share under
+DDP) in which order, and the DataLoader that reads them."""
+
+from __future__ import annotations
+
+import torch
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+
+from project.data.order import EpochOrder, ShuffledSampler
+
+
+def stage_sampler(
+    dataset: Dataset, shuffle: bool, shard: tuple[int, int] | None, order: EpochOrder, batch_size: int, seed: int
+) -> Sampler[int] | None:
+    """One process (``shard`` None): a ``RandomSampler``'s draws from the training ``order``
+    (``ShuffledSampler``, which a resume inside an epoch starts at its next batch), or none (in order).
+    Under DDP, ``shard`` is (rank, world size) and the sampler the rank's share: for training,
+    Lightning's own choice, a ``DistributedSampler`` seeded with the run's seed (one permutation per
+    epoch from seed + epoch, dealt out rank by rank and padded with repeats so that every rank takes
+    as many steps); for evaluation and prediction, every sample exactly once
+    (``UnrepeatedDistributedSampler``: ranks may differ by one sample, and nothing is counted twice;
+    a padded ``DistributedSampler`` would count some twice, pytorch#25162)."""
+    if shard is None:
+        return ShuffledSampler(len(dataset), order, batch_size) if shuffle else None
+    rank, world = shard
+    if shuffle:
+        return DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed)
+    return UnrepeatedDistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=False)
+
+
+def data_loader(
+    dataset: Dataset, batch_size: int, sampler: Sampler[int] | None, num_workers: int, worker_seeds: torch.Generator
+) -> DataLoader:
+    """``batch_size`` batches of ``dataset`` in ``sampler``'s order, read by ``num_workers`` processes
+    that persist from pass to pass and seeded from ``worker_seeds``; pinned memory with CUDA."""
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,
+        pin_memory=torch.cuda.is_available(),
+        generator=worker_seeds,
+    )
