@@ -257,16 +257,18 @@ def test_reference_refuses_callback_and_logger_settings_it_would_ignore(setting,
 
 def test_both_loops_keep_the_first_of_equal_best_checkpoints():
     """A later epoch that only ties the best val/acc does not replace the best checkpoint, in either loop."""
-    # Digits with seed 1 reach 355 of 359 right at epochs 2 and 6, and no more in 7 epochs.
-    args = [*FAST, "--seed_everything=1", "--trainer.max_epochs=7", "--model.pictures.every_n_epochs=0"]
+    # No learning rate and a frozen backbone (its BatchNorm statistics too): every epoch validates the
+    # same weights, so every later epoch ties the first, on any machine's arithmetic.
+    args = [*FAST, "--trainer.max_epochs=3", "--model.pictures.every_n_epochs=0", "--model.optimizer.init_args.lr=0"]
+    args += ["--model.network.freeze_backbone_epochs=3"]
     lit = compare.run_lightning(args, Path("runs"), "tie")
     ref = compare.run_reference(args, Path("ref"))
     (lightning_best,) = Path("runs/tie/lightning/checkpoints").glob("best-*.ckpt")
     correct = [round(epoch["val/acc"] * 359) for epoch in lit.val]
     assert correct == [round(epoch["val/acc"] * 359) for epoch in ref.val]
-    assert correct[2] == correct[6] == max(correct) == 355  # the tie really happens
+    assert len(correct) == 3 and len(set(correct)) == 1  # the tie really happens
     lightning_epoch = torch.load(lightning_best, weights_only=True)["epoch"]
-    assert lightning_epoch == torch.load("ref/checkpoints/best.ckpt", weights_only=True)["epoch"] == 2
+    assert lightning_epoch == torch.load("ref/checkpoints/best.ckpt", weights_only=True)["epoch"] == 0
 
 
 def test_default_root_dir_holds_the_logs_of_both_loops():

@@ -153,7 +153,7 @@ def test_the_loggers_batch_hook_stays_out_of_a_compiled_networks_graph(tmp_path)
 
     net = SimpleCNN(10, in_channels=1)
     optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
-    logger = ReferenceLogger(tmp_path, 2, PictureLog(0, (0.0,), (1.0,)), [str(i) for i in range(10)])
+    logger = ReferenceLogger(tmp_path, 2, PictureLog(0, (0.0,), (1.0,)))
     logger.watch(net, optimizer)
 
     def steps():
