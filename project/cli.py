@@ -7,7 +7,7 @@ import sys
 import torch
 from jsonargparse import Namespace
 from lightning.pytorch import Trainer
-from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import TensorBoardLogger
 
@@ -177,7 +177,7 @@ class TwinloopCLI(LightningCLI):
         if not self.trainer.is_global_zero:  # under DDP every rank gets here; rank 0 speaks for the run
             return
         ckpt = self.trainer.checkpoint_callback
-        if ckpt is not None and ckpt.best_model_path:
+        if isinstance(ckpt, ModelCheckpoint) and ckpt.best_model_path:
             print(f"\nbest checkpoint: {ckpt.best_model_path}")
         metrics = self.trainer.callback_metrics
         if "val/acc" in metrics:

@@ -1,4 +1,5 @@
-"""Pretrained weights (``model.weights``): torchvision's cache, files, the new head, preprocessing, offline errors."""
+"""Pretrained weights (``model.network.weights``): torchvision's cache, files, the new head, preprocessing,
+offline errors."""
 
 from pathlib import Path
 
@@ -65,7 +66,7 @@ def test_offline_without_the_file_is_one_error_line_and_no_run_directory(torch_h
         )
     assert exit_info.value.code == 1
     lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: model.weights DEFAULT"), lines
+    assert len(lines) == 1 and lines[0].startswith("error: model.network.weights DEFAULT"), lines
     directory = torch_home / "hub" / "checkpoints"
     assert "resnet18-f37072fd.pth" in lines[0] and str(directory) in lines[0]
     assert f"copy it to {directory / 'resnet18-f37072fd.pth'}" in lines[0] and "Network is unreachable" in lines[0]

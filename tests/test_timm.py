@@ -1,4 +1,4 @@
-"""``model.backbone: timm/<name>``: with the optional timm extra, and without it."""
+"""``model.network.backbone: timm/<name>``: with the optional timm extra, and without it."""
 
 import sys
 from pathlib import Path
@@ -24,7 +24,7 @@ def test_the_project_runs_without_timm_and_says_how_to_get_it(monkeypatch, capsy
         main(["fit", *FAST, "--model.network.backbone=timm/resnet18", "--trainer.default_root_dir=timm_run"])
     assert exit_info.value.code == 1
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
-        "error: model.backbone timm/<name> needs timm, which is not installed: pip install 'twinloop[timm]'"
+        "error: model.network.backbone timm/<name> needs timm, which is not installed: pip install 'twinloop[timm]'"
     )
     assert not Path("timm_run").exists()
 
@@ -78,7 +78,7 @@ def test_timm_offline_without_the_file_names_it_and_the_directory(hub_cache, cap
     (line,) = capsys.readouterr().err.strip().splitlines()
     folder = hub_cache / "models--timm--resnet18.a2_in1k"
     assert line.startswith(
-        "error: model.weights resnet18.a2_in1k (timm) needs model.safetensors of timm/resnet18.a2_in1k"
+        "error: model.network.weights resnet18.a2_in1k (timm) needs model.safetensors of timm/resnet18.a2_in1k"
     )
     assert f"not in {folder}" in line and "hf download timm/resnet18.a2_in1k model.safetensors" in line
     assert not Path("lightning_logs").exists()

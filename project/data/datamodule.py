@@ -7,7 +7,9 @@ both loops see the same order.
 
 from __future__ import annotations
 
+from collections.abc import Sized
 from pathlib import Path
+from typing import cast
 
 import lightning as L
 import torch
@@ -93,21 +95,21 @@ class ImageDataModule(L.LightningDataModule):
         self.seed = seed
         self.predict_root = Path(predict_root) if predict_root is not None else None
         self.fake_size = fake_size
-        self.fake_image_shape = tuple(fake_image_shape)
+        self.fake_image_shape: tuple[int, int, int] = (fake_image_shape[0], fake_image_shape[1], fake_image_shape[2])
         self.fake_num_classes = fake_num_classes
         self.on_bad_file = on_bad_file
         self.crop_size = crop_size
         self.source = self._build_source(mean, std)
-        self.train_set: Dataset | None = None
-        self.val_set: Dataset | None = None
-        self.test_set: Dataset | None = None
+        self.train_set: Dataset | CachedSplit | None = None
+        self.val_set: Dataset | CachedSplit | None = None
+        self.test_set: Dataset | CachedSplit | None = None
         self.predict_set: FileListDataset | None = None
         # the loaders' generators, the training order and the augmenter: all in a checkpoint
         self.seeds = DataSeeds(seed, crop_padding(self.source.declared_hw) if augment else None)
 
     def _build_source(self, mean: list[float] | None, std: list[float] | None) -> DataSource:
         """The data set's source, from the arguments stored: it stores them in turn, no file is read yet."""
-        stats = (tuple(mean), tuple(std)) if mean is not None else None
+        stats = (tuple(mean), tuple(std)) if mean is not None and std is not None else None  # checked: both or none
         options = SourceOptions(
             self.root,
             self.image_size,
@@ -183,9 +185,9 @@ class ImageDataModule(L.LightningDataModule):
             return
         raw = self.device_cache  # cached splits hold images as stored and normalise whole batches
         splits = stage_splits(self.source, self.val_fraction, self.seed, raw)
-        if self.device_cache:
-            splits = cached_splits(splits, self.device, self.num_workers)
-        self.train_set, self.val_set, self.test_set = splits
+        self.train_set, self.val_set, self.test_set = (
+            cached_splits(splits, self.device, self.num_workers) if self.device_cache else splits
+        )
 
     def transfer_batch_to_device(self, batch, device: torch.device, dataloader_idx: int):
         # Every batch is two tensors, (images, labels) or (images, indices): moved as such, rather
@@ -200,7 +202,7 @@ class ImageDataModule(L.LightningDataModule):
         # The one-line report of a device out-of-memory error names the batch size and what to
         # change (a hook here, not a callback: Lightning calls every callback at every step).
         if isinstance(exception, torch.OutOfMemoryError):  # only a trainer calls this: it is set
-            exception.hint = out_of_memory_hint(self.batch_size, str(self.trainer.precision))
+            exception.hint = out_of_memory_hint(self.batch_size, str(self.trainer.precision))  # type: ignore[attr-defined,union-attr]
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         # Train batches only: Lightning's trainer says which stage runs this batch. The model
@@ -227,19 +229,22 @@ class ImageDataModule(L.LightningDataModule):
     def test_dataloader(self) -> DataLoader | DeviceBatches:
         return self._loader(self.test_set, "test")
 
-    def predict_dataloader(self) -> DataLoader:
+    def predict_dataloader(self) -> DataLoader | DeviceBatches:
         return self._loader(self.predict_set, "predict")
 
-    def _loader(self, dataset: Dataset | None, stage: str, shuffle: bool = False) -> DataLoader | DeviceBatches:
+    def _loader(
+        self, dataset: Dataset | CachedSplit | None, stage: str, shuffle: bool = False
+    ) -> DataLoader | DeviceBatches:
         if dataset is None:
             raise RuntimeError(f"{stage} data is not set up: call setup() first")
         order = self.seeds.train_order
-        sampler = stage_sampler(dataset, shuffle, self.shard, order, self.batch_size, self.seed)
+        sized = cast(Sized, dataset)  # every split here has a length; torch's Dataset type leaves it out
+        sampler = stage_sampler(sized, shuffle, self.shard, order, self.batch_size, self.seed)
         if isinstance(dataset, CachedSplit):  # on the device of the latest setup, whoever called it first
             # one process: the resumable order itself (the sampler is for DataLoaders); DDP: the rank's share
-            order = order if shuffle and self.shard is None else None
+            own = order if shuffle and self.shard is None else None
             share = sampler if self.shard is not None else None
-            return DeviceBatches(dataset.to(self.device), self.batch_size, self.source.to_model_input, order, share)
+            return DeviceBatches(dataset.to(self.device), self.batch_size, self.source.to_model_input, own, share)
         return data_loader(dataset, self.batch_size, sampler, self.num_workers, self.seeds.worker_seeds)
 
     def state_dict(self) -> dict:

@@ -3,6 +3,9 @@ DDP) in which order, and the DataLoader that reads them."""
 
 from __future__ import annotations
 
+from collections.abc import Sized
+from typing import cast
+
 import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
@@ -11,7 +14,12 @@ from project.data.order import EpochOrder, ShuffledSampler
 
 
 def stage_sampler(
-    dataset: Dataset, shuffle: bool, shard: tuple[int, int] | None, order: EpochOrder, batch_size: int, seed: int
+    dataset: Sized,
+    shuffle: bool,
+    shard: tuple[int, int] | None,
+    order: EpochOrder,
+    batch_size: int,
+    seed: int,
 ) -> Sampler[int] | None:
     """One process (``shard`` None): a ``RandomSampler``'s draws from the training ``order``
     (``ShuffledSampler``, which a resume inside an epoch starts at its next batch), or none (in order).
@@ -24,9 +32,10 @@ def stage_sampler(
     if shard is None:
         return ShuffledSampler(len(dataset), order, batch_size) if shuffle else None
     rank, world = shard
+    indexed = cast(Dataset, dataset)  # the samplers read its length only (a device cache has no items)
     if shuffle:
-        return DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed)
-    return UnrepeatedDistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=False)
+        return DistributedSampler(indexed, num_replicas=world, rank=rank, shuffle=True, seed=seed)
+    return UnrepeatedDistributedSampler(indexed, num_replicas=world, rank=rank, shuffle=False)
 
 
 def data_loader(

@@ -31,7 +31,7 @@ class DataSeeds:
         self._loaded_epoch_start: Tensor | None = None
 
     def state_dict(self) -> dict:
-        state = {f"generator.{k}": g.get_state() for k, g in self.generators.items()}
+        state: dict[str, object] = {f"generator.{k}": g.get_state() for k, g in self.generators.items()}
         state["worker_seeds"] = self.worker_seeds.get_state()
         state["train_epoch_start"] = self.train_order.epoch_start  # for a resume inside the epoch
         if self.augmenter is not None:

@@ -1,6 +1,8 @@
 """Networks by name: ``simple_cnn``, any torchvision classification model, or ``timm/<name>``
 (with the optional ``timm`` extra); from scratch or from pretrained weights."""
 
+from typing import cast
+
 import torch
 import torchvision
 from torch import nn
@@ -51,7 +53,8 @@ def _load_weights(net: nn.Module, backbone: str, weights: str, small_input_stem:
         state, source = read_weights_file(weights), weights
     elif backbone == "simple_cnn":
         raise ConfigError(
-            "model.weights: simple_cnn has no pretrained weights; give a .pth/.ckpt file or a torchvision backbone"
+            "model.network.weights: simple_cnn has no pretrained weights; "
+            "give a .pth/.ckpt file or a torchvision backbone"
         )
     else:
         state, source = fetch_torchvision_state(backbone, weights)
@@ -92,9 +95,9 @@ def adapt_stem(net: nn.Module, in_channels: int, small_input: bool) -> None:
         new = nn.Conv2d(
             in_channels,
             conv.out_channels,
-            conv.kernel_size,
-            conv.stride,
-            conv.padding,
+            cast(tuple[int, int], conv.kernel_size),  # a 2-d convolution's: two of each
+            cast(tuple[int, int], conv.stride),
+            cast(tuple[int, int] | str, conv.padding),
             bias=conv.bias is not None,
         )
     else:

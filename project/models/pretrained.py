@@ -1,4 +1,4 @@
-"""torchvision's pretrained weights: ``model.weights`` as torchvision's weights API names them, from
+"""torchvision's pretrained weights: ``model.network.weights`` as torchvision's weights API names them, from
 torch.hub's cache; and the preprocessing that goes with any backbone's weights (timm's from
 ``timm_backbones``). Weights files, the new head and the strict loading are ``weights``'s.
 
@@ -27,13 +27,13 @@ def torchvision_weights(backbone: str, weights: str) -> torchvision.models.Weigh
     try:
         choices = torchvision.models.get_model_weights(backbone)
     except (KeyError, ValueError):
-        raise ConfigError(f"model.weights: torchvision has no pretrained weights for {backbone!r}") from None
+        raise ConfigError(f"model.network.weights: torchvision has no pretrained weights for {backbone!r}") from None
     try:
         return choices.verify(weights)
     except (KeyError, ValueError):
         names = ", ".join(["DEFAULT", *(w.name for w in choices)])
         raise ConfigError(
-            f"model.weights: {backbone} has no weights {weights!r}; choose one of {names}, or a .pth/.ckpt file"
+            f"model.network.weights: {backbone} has no weights {weights!r}; choose one of {names}, or a .pth/.ckpt file"
         ) from None
 
 
@@ -63,7 +63,7 @@ def fetch_torchvision_state(backbone: str, weights: str) -> tuple[dict, str]:
     there first if need be (with torchvision's hash check); and a name for messages."""
     enum = torchvision_weights(backbone, weights)
     path = cached_weights_file(enum.url)
-    what = f"model.weights {weights} ({backbone}: {type(enum).__name__}.{enum.name})"
+    what = f"model.network.weights {weights} ({backbone}: {type(enum).__name__}.{enum.name})"
     if not path.is_file():
         download_weights(enum.url, path, what)
     return torch.load(path, map_location="cpu", weights_only=True), str(path)
@@ -75,7 +75,7 @@ def download_weights(url: str, path: Path, what: str) -> None:
     hint = (
         f"{what} needs the file {path.name}, which is not in {path.parent} and could not be downloaded ({{why}}). "
         f"On a machine with network, download {url} and copy it to {path} (set $TORCH_HOME to keep it elsewhere), "
-        f"or pass --model.weights FILE.pth"
+        f"or pass --model.network.weights FILE.pth"
     )
     parsed = urlparse(url)
     try:  # a quick probe, so that an offline machine fails in seconds, not after minutes of retries

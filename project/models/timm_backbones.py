@@ -1,6 +1,6 @@
-"""``model.backbone: timm/<name>``: timm's networks, with the optional ``timm`` extra.
+"""``model.network.backbone: timm/<name>``: timm's networks, with the optional ``timm`` extra.
 
-``model.weights`` means what it means for torchvision: ``DEFAULT`` (timm's default pretrained tag),
+``model.network.weights`` means what it means for torchvision: ``DEFAULT`` (timm's default pretrained tag),
 a tag (``a1_in1k``), or a file. Hub weights are ``model.safetensors`` in the Hugging Face cache,
 downloaded there on first use; offline and not cached, the error names the file, the directory and
 how to put it there. As for torchvision, the head is made for the data's classes, gray input takes
@@ -33,7 +33,7 @@ def import_timm():
         import timm
     except ImportError:
         raise MissingPackageError(
-            "model.backbone timm/<name> needs timm, which is not installed: pip install 'twinloop[timm]'"
+            "model.network.backbone timm/<name> needs timm, which is not installed: pip install 'twinloop[timm]'"
         ) from None
     return timm
 
@@ -46,7 +46,7 @@ def pretrained_name(name: str, weights: str) -> str:
     if cfg is None or not (cfg.hf_hub_id or cfg.url):
         tags = [n.split(".", 1)[1] for n in timm.list_pretrained(f"{name.split('.')[0]}.*")]
         raise ConfigError(
-            f"model.weights: timm has no pretrained weights {weights!r} for {name}; "
+            f"model.network.weights: timm has no pretrained weights {weights!r} for {name}; "
             f"choose DEFAULT{', ' if tags else ''}{', '.join(tags[:10])}, or a .pth/.safetensors file"
         )
     return f"{cfg.architecture}.{cfg.tag}" if cfg.tag else cfg.architecture
@@ -78,10 +78,10 @@ def hub_weights_file(full_name: str) -> Path:
         return Path(cached)
     folder = cache / f"models--{repo.replace('/', '--')}"
     hint = (
-        f"model.weights {full_name} (timm) needs {HUB_FILE} of {repo}, which is not in {folder} and could not be "
-        f"downloaded ({{why}}). On a machine with network, run `hf download {repo} {HUB_FILE}` and copy its "
+        f"model.network.weights {full_name} (timm) needs {HUB_FILE} of {repo}, which is not in {folder} and could "
+        f"not be downloaded ({{why}}). On a machine with network, run `hf download {repo} {HUB_FILE}` and copy its "
         f"models--{repo.replace('/', '--')} folder into {cache} (set $HF_HOME to keep it elsewhere), "
-        f"or download {HUB_FILE} and pass --model.weights FILE.safetensors"
+        f"or download {HUB_FILE} and pass --model.network.weights FILE.safetensors"
     )
     try:
         socket.create_connection((HUB_HOST, 443), timeout=3).close()

@@ -38,7 +38,7 @@ class Preprocessing:
 
 
 def is_weights_file(weights: str) -> bool:
-    """``model.weights`` names a file (by its suffix or a path separator), not a weights enum."""
+    """``model.network.weights`` names a file (by its suffix or a path separator), not a weights enum."""
     return weights.lower().endswith(WEIGHTS_FILE_SUFFIXES) or "/" in weights or os.sep in weights
 
 
@@ -47,7 +47,7 @@ def read_weights_file(path: str) -> dict:
     torchvision reference checkpoint (``model``) or a bare state dict; tensors only (``weights_only``)."""
     file = Path(path)
     if not file.is_file():
-        raise UserPathError(f"model.weights: no such file: {path}")
+        raise UserPathError(f"model.network.weights: no such file: {path}")
     if file.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -56,11 +56,11 @@ def read_weights_file(path: str) -> dict:
         checkpoint = read_checkpoint(file)
     except CheckpointError as exc:
         if "has no state_dict" not in str(exc):
-            raise CheckpointError(f"model.weights: {exc}") from None
+            raise CheckpointError(f"model.network.weights: {exc}") from None
         checkpoint = torch.load(file, map_location="cpu", weights_only=True)
         state = checkpoint.get("model", checkpoint) if isinstance(checkpoint, Mapping) else None
         if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-            raise CheckpointError(f"model.weights: {path} holds no state dict of tensors") from None
+            raise CheckpointError(f"model.network.weights: {path} holds no state dict of tensors") from None
         return dict(state)
     state = checkpoint["state_dict"]
     return {k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")} or dict(state)
@@ -70,7 +70,7 @@ def head_name(net: nn.Module) -> str:
     """The classifier head: the last ``nn.Linear`` of the network, the layer that gives the logits."""
     linear = [name for name, m in net.named_modules() if isinstance(m, nn.Linear)]
     if not linear:
-        raise ConfigError(f"model.weights: {type(net).__name__} has no linear classifier head to replace")
+        raise ConfigError(f"model.network.weights: {type(net).__name__} has no linear classifier head to replace")
     return linear[-1]
 
 
@@ -93,6 +93,6 @@ def load_pretrained(net: nn.Module, state: Mapping, source: str, fresh: tuple[st
     try:
         check_state_dict_fits(found, expected, source, f"this {type(net).__name__} beyond its head {skip[0]}", "")
     except CheckpointError as exc:
-        raise CheckpointError(f"model.weights: {exc}") from None
+        raise CheckpointError(f"model.network.weights: {exc}") from None
     net.load_state_dict(found, strict=False)
     log.info("loaded %s into %s; fresh: %s", source, type(net).__name__, ", ".join(skip))
