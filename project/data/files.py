@@ -11,7 +11,7 @@ from torch import Tensor
 from torchvision.io import ImageReadMode, decode_image, read_file
 from torchvision.transforms.v2.functional import pil_to_tensor
 
-from project.errors import ConfigError
+from project.errors import ConfigError, UserPathError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 # Decoded by torchvision.io: about 1.5 times PIL's speed (benchmarks/decode_speed.py), same pixels.
@@ -65,5 +65,6 @@ def uniform_size(sizes: Mapping[Path, tuple[int, int]]) -> tuple[int, int]:
                 f"Images differ in size ({first[0]} is {first[1][1]}x{first[1][0]}, {path} is {hw[1]}x{hw[0]}): "
                 f"set --data.image_size N to resize them all to N x N"
             )
-    assert first is not None, "no image sizes"
+    if first is None:  # every file was bad and skipped
+        raise UserPathError("data.root: no usable image files: nothing to train on (see the files named above)")
     return first[1]
