@@ -158,6 +158,7 @@ def earlier_layout_checkpoint(tmp_path_factory):
     return last, args
 
 
+@pytest.mark.fit
 def test_a_checkpoint_of_the_earlier_layout_validates(earlier_layout_checkpoint):
     """validate --ckpt_path reads its flat hyperparameters into the grouped config: dropout 0.1 comes back."""
     last, args = earlier_layout_checkpoint
@@ -165,6 +166,7 @@ def test_a_checkpoint_of_the_earlier_layout_validates(earlier_layout_checkpoint)
     assert cli.model.network.dropout == 0.1 and "val/acc" in cli.trainer.callback_metrics
 
 
+@pytest.mark.fit
 def test_a_checkpoint_of_the_earlier_layout_exports(earlier_layout_checkpoint):
     """export builds the network from the flat hyperparameters too."""
     net, _ = load_network(earlier_layout_checkpoint[0])
