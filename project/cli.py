@@ -153,7 +153,7 @@ class TwinloopCLI(LightningCLI):
 
     def _instantiate_trainer(self, config: dict, callbacks: list):
         """LightningCLI's one place to change the callbacks it gives the Trainer (private API;
-        ``tests/test_cli.py`` fails if it changes): the checkpoint callbacks are always added from
+        ``tests/cli/test_cli.py`` fails if it changes): the checkpoint callbacks are always added from
         the config, so `--trainer.enable_checkpointing=false` drops them here, and the predictions
         CSV goes outside predict (each callback costs Lightning a dispatch per hook at every step).
         Checkpoints are written and read through ``AtomicCheckpointIO`` unless ``--trainer.plugins``

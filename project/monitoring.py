@@ -53,7 +53,7 @@ def file_writer(writer: SummaryWriter) -> FileWriter:
     """The event-file writer behind ``writer``, for the two summaries ``SummaryWriter`` has no public
     method for: a PNG kept byte for byte (``add_image`` re-encodes it and drops its text chunks) and
     the HPARAMS tab in the run's own folder (``add_hparams`` starts a new one). A private API, used
-    here only; ``tests/test_tensorboard.py`` fails loudly if it changes."""
+    here only; ``tests/equivalence/test_tensorboard.py`` fails loudly if it changes."""
     return writer._get_file_writer()
 
 
