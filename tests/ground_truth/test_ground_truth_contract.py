@@ -19,7 +19,7 @@ from project.export import load_network
 from project.metrics import build_stage_metrics
 from project.module import ImageClassifier
 from project.monitoring import PictureLog
-from project.specs import NetworkSpec, PictureSpec, grouped
+from project.specs import NetworkSpec, PictureSpec, as_spec, grouped, plain
 from tests.helpers import FAST
 
 DIGITS = [str(i) for i in range(10)]
@@ -171,3 +171,85 @@ def test_a_checkpoint_of_the_earlier_layout_exports(earlier_layout_checkpoint):
     """export builds the network from the flat hyperparameters too."""
     net, _ = load_network(earlier_layout_checkpoint[0])
     assert [m.p for m in net.modules() if isinstance(m, torch.nn.Dropout)][-1] == 0.1
+
+
+def test_the_network_spec_builds_what_it_names():
+    """Dropout, the small-input stem and the memory format reach the network built."""
+    net = NetworkSpec(dropout=0.1).build(10, 1)
+    assert [m.p for m in net.modules() if isinstance(m, torch.nn.Dropout)][-1] == 0.1
+    resnet = NetworkSpec(backbone="resnet18", small_input_stem=True, channels_last=True).build(3, 1)
+    assert (resnet.conv1.in_channels, resnet.conv1.kernel_size, resnet.conv1.stride) == (1, (3, 3), (1, 1))
+    assert resnet.fc.out_features == 3 and resnet.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_the_network_spec_gives_the_optimizer_one_group_or_head_and_backbone():
+    """All parameters in one list; when fine-tuning, a head group and a backbone group at lr_scale."""
+    net = NetworkSpec().build(10, 1)
+    assert NetworkSpec().optimizer_parameters(net) == list(net.parameters())
+    head, backbone = NetworkSpec(freeze_backbone_epochs=1, backbone_lr_scale=0.1).optimizer_parameters(net)
+    assert (head["name"], backbone["name"], backbone["lr_scale"]) == ("head", "backbone", 0.1)
+    assert len(head["params"]) + len(backbone["params"]) == len(list(net.parameters())) and head["params"]
+
+
+def test_specs_and_plain_data_convert_both_ways():
+    """A dict becomes a spec, a spec stays itself; plain() turns a spec into a dict and leaves the rest."""
+    spec = NetworkSpec(dropout=0.3)
+    assert as_spec(NetworkSpec, {"dropout": 0.3}) == spec and as_spec(NetworkSpec, spec) is spec
+    assert plain(spec)["dropout"] == 0.3 and plain({"a": 1}) == {"a": 1} and plain(NetworkSpec) is NetworkSpec
+
+
+class StateData:
+    def state_dict(self) -> dict:
+        return {"generator": 7}
+
+
+def test_the_reference_state_is_in_lightnings_layout():
+    """Weights under net., one optimizer and scheduler state each, the counters, the data under its class name."""
+    net = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, 1)
+    state = contract.lightning_state(net, optimizer, scheduler, StateData(), epoch=3, step=40)
+    assert set(state["state_dict"]) == {"net.weight", "net.bias"} and state["StateData"] == {"generator": 7}
+    assert (state["epoch"], state["global_step"]) == (3, 40) and state["pytorch-lightning_version"]
+    assert len(state["optimizer_states"]) == len(state["lr_schedulers"]) == 1
+    assert contract.lightning_state(net, optimizer, None, StateData(), 0, 0)["lr_schedulers"] == []
+
+
+def test_network_weights_load_from_a_checkpoint_with_its_class_names(tmp_path):
+    """The weights and class names come back; another class order is refused, naming the file."""
+    source = ImageClassifier(num_classes=2, in_channels=1, class_names=["a", "b"])
+    path = tmp_path / "c.ckpt"
+    torch.save({"state_dict": source.state_dict(), "class_names": ["a", "b"]}, path)
+    target = ImageClassifier(num_classes=2, in_channels=1, class_names=["a", "b"])
+    contract.load_network_weights(target, str(path))
+    assert all(torch.equal(v, source.net.state_dict()[k]) for k, v in target.net.state_dict().items())
+    other = ImageClassifier(num_classes=2, in_channels=1, class_names=["b", "a"])
+    with pytest.raises(Exception, match=r"--ckpt_path: the classes differ: the checkpoint .*c\.ckpt"):
+        contract.load_network_weights(other, str(path))
+
+
+class RecordingFileWriter:
+    def __init__(self):
+        self.summaries = []
+
+    def add_summary(self, summary, step):
+        self.summaries.append((summary.value[0].tag, step))
+
+
+class RecordingWriter:
+    def __init__(self):
+        self.file_writer = RecordingFileWriter()
+
+    def _get_file_writer(self):
+        return self.file_writer
+
+
+def test_a_report_writes_its_pictures_and_holds_every_scalar():
+    """write_pictures writes each picture at the step given; values holds shown, other and per-class scalars."""
+    metrics = build_stage_metrics("val", 2)
+    metrics.update(torch.tensor([[1.0, 0.0]]), torch.tensor([1]), torch.tensor(0.5))
+    report = report_epoch(metrics, 0, ["a", "b"], PictureLog(1, (0.5,), (0.25,)))
+    writer = RecordingWriter()
+    report.write_pictures(writer, 9)
+    assert writer.file_writer.summaries == [("val/confusion_matrix", 9), ("val/misclassified", 9)]
+    assert set(report.values) == {"val/loss", "val/acc", "val/acc_best", "val/acc_class/a", "val/acc_class/b"}
