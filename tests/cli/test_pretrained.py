@@ -151,6 +151,7 @@ def pretrained_checkpoint(tmp_path_factory) -> tuple[Path, list[str]]:
     return root / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt", args
 
 
+@pytest.mark.xdist_group("pretrained_checkpoint")
 def test_with_a_checkpoint_the_weights_file_is_not_needed(torch_home, pretrained_checkpoint):
     """validate --ckpt_path of a pretrained run works offline with an empty cache: the checkpoint has all weights."""
     last, args = pretrained_checkpoint
@@ -160,6 +161,7 @@ def test_with_a_checkpoint_the_weights_file_is_not_needed(torch_home, pretrained
     assert yaml.safe_load(Path(cli.trainer.log_dir, "config.yaml").read_text())["model"]["weights"] == "DEFAULT"
 
 
+@pytest.mark.xdist_group("pretrained_checkpoint")
 def test_the_reference_validates_a_pretrained_checkpoint_without_the_weights_file(
     torch_home, pretrained_checkpoint, capsys
 ):
