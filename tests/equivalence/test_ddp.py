@@ -94,6 +94,7 @@ def test_only_rank_zero_writes_events_and_checkpoints(ddp_run):
 
 
 @pytest.mark.xdist_group("ddp_run")
+@pytest.mark.slow  # more DDP launches of its own: make test-slow (and CI) runs it
 def test_ddp_predictions_are_written_once_by_rank_zero_as_one_process_writes_them(ddp_run, tmp_path):
     """Each rank predicts its share of 7 new images; rank 0 alone writes them all, in the order and
     with the values of a one-process predict."""
@@ -125,6 +126,7 @@ def test_a_ddp_checkpoint_resumes_in_one_process(ddp_run, tmp_path):
     assert not all(torch.equal(weights[k], last["state_dict"][k]) for k in weights)  # it trained on from there
 
 
+@pytest.mark.slow  # more DDP launches of its own: make test-slow (and CI) runs it
 def test_a_one_process_checkpoint_resumes_and_validates_under_ddp(tmp_path):
     """A one-process checkpoint (epoch 0, 4 steps) goes on under DDP for epoch 1 (4 + 4 steps), and its
     DDP validate gives one process's val/acc."""
@@ -142,6 +144,7 @@ def test_a_one_process_checkpoint_resumes_and_validates_under_ddp(tmp_path):
 
 
 @pytest.mark.xdist_group("ddp_run")
+@pytest.mark.slow  # more DDP launches of its own: make test-slow (and CI) runs it
 def test_a_ddp_resume_is_exact(ddp_run, tmp_path):
     """DDP for one epoch, then a DDP resume from its last.ckpt for the second: the weights and
     optimizer state of the uninterrupted DDP run, bit for bit, and not from step 0."""
@@ -157,6 +160,7 @@ def test_a_ddp_resume_is_exact(ddp_run, tmp_path):
 
 
 @pytest.mark.xdist_group("ddp_run")
+@pytest.mark.slow  # more DDP launches of its own: make test-slow (and CI) runs it
 def test_two_simulated_nodes_train_as_one_node_with_two_processes(ddp_run, tmp_path):
     """Two torchrun launches with --nnodes 2 (one process each, rendezvous on 127.0.0.1) end with the
     one-node DDP run's checkpoint and validation, bit for bit."""
@@ -180,6 +184,7 @@ def test_sync_batchnorm_on_the_cpu_is_one_error_line(capsys):
 
 
 @pytest.mark.xdist_group("ddp_run")
+@pytest.mark.slow  # more DDP launches of its own: make test-slow (and CI) runs it
 def test_the_device_path_under_ddp_trains_as_the_dataloader_path(ddp_run, tmp_path):
     """data.device_cache under DDP: each rank slices its own share, and the run ends with the DataLoader
     run's weights and validation, bit for bit."""

@@ -99,6 +99,7 @@ def test_under_torchrun_only_rank_zero_reports_and_writes(reference_run):
 
 
 @pytest.mark.xdist_group("reference_run")
+@pytest.mark.slow  # more DDP launches of its own: make test-slow (and CI) runs it
 def test_two_simulated_nodes_run_the_reference_as_one_node(reference_run, tmp_path):
     """Two torchrun launches with --nnodes 2 (one process each, rendezvous on 127.0.0.1): the same
     checkpoint, optimizer state and validation as one node with 2 processes, bit for bit."""
@@ -114,6 +115,7 @@ def test_two_simulated_nodes_run_the_reference_as_one_node(reference_run, tmp_pa
 
 
 @pytest.mark.xdist_group("reference_run")
+@pytest.mark.slow  # more DDP launches of its own: make test-slow (and CI) runs it
 def test_a_reference_resume_under_torchrun_is_exact(reference_run, tmp_path):
     """The reference under torchrun for one epoch, then resumed under torchrun for the second: the
     uninterrupted run's weights and optimizer state, bit for bit, from step 4 (not from step 0)."""
