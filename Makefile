@@ -23,11 +23,15 @@ $(STAMP): pyproject.toml
 fit: $(STAMP)  ## train the default digits config, print the validation accuracy
 	$(BIN)/twinloop fit -c configs/digits.yaml
 
-test: $(STAMP)  ## the test suite but its few slow end-to-end runs (offline, CPU; under 10 min on 2 cores)
-	$(BIN)/python -m pytest -q -m "not slow"
+# Two pytest-xdist workers, one per core, each running torch on one thread (tests/conftest.py); tests that
+# read one shared run carry an xdist_group mark, and --dist loadgroup keeps each such group in one worker.
+XDIST := -n 2 --dist loadgroup
+
+test: $(STAMP)  ## the test suite but its few slow end-to-end runs (offline, CPU, 2 workers)
+	$(BIN)/python -m pytest -q $(XDIST) -m "not slow"
 
 test-slow: $(STAMP)  ## the slow end-to-end runs (stop/restart cycles, notebooks, log files, ...); CI runs them too
-	$(BIN)/python -m pytest -q -m slow
+	$(BIN)/python -m pytest -q $(XDIST) -m slow
 
 lint: $(STAMP)  ## ruff check, ruff format --check and mypy (configured in pyproject.toml)
 	$(BIN)/ruff check project tests benchmarks

@@ -6,10 +6,13 @@ import warnings
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.helpers import EQUIVALENCE_RESULTS, REPO, make_image_folder
 
 _UNTRACKED = pytest.StashKey[set]()
+# pytest-timeout's limit for a slow end-to-end run (the others have pyproject.toml's `timeout`)
+SLOW_TIMEOUT_S = 900
 _HYPOTHESIS_DIR = pytest.StashKey[str]()
 
 
@@ -43,12 +46,21 @@ def _untracked_files() -> set[str] | None:
     return {p for p in paths if not any(c in p for c in caches)}
 
 
+def _is_xdist_worker(config) -> bool:
+    return hasattr(config, "workerinput")
+
+
 def pytest_sessionstart(session):
-    session.config.stash[_UNTRACKED] = _untracked_files()
+    if not _is_xdist_worker(session.config):  # the controller checks for all (-n 2)
+        session.config.stash[_UNTRACKED] = _untracked_files()
 
 
 def pytest_sessionfinish(session, exitstatus):
-    """Tests write only under tmp dirs: anything new in the repo fails the run."""
+    """Tests write only under tmp dirs: anything new in the repo fails the run. A pytest-xdist worker
+    hands its equivalence results to the controller, which prints them."""
+    if _is_xdist_worker(session.config):
+        session.config.workeroutput["equivalence_results"] = list(EQUIVALENCE_RESULTS)
+        return
     before = session.config.stash.get(_UNTRACKED, None)
     after = _untracked_files()
     if before is None or after is None:
@@ -56,6 +68,12 @@ def pytest_sessionfinish(session, exitstatus):
     if new := sorted(after - before):
         print(f"\nERROR: the tests wrote files into the repository: {new[:10]}")
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    """pytest-xdist, in the controller: a worker is done; keep its equivalence results for the summary."""
+    EQUIVALENCE_RESULTS.extend(tuple(r) for r in getattr(node, "workeroutput", {}).get("equivalence_results", []))
 
 
 def pytest_terminal_summary(terminalreporter):
@@ -68,11 +86,42 @@ def pytest_terminal_summary(terminalreporter):
 
 
 def pytest_configure(config):
-    """Hypothesis caches under .hypothesis/ in the directory pytest started in (the repo) while it
+    """A pytest-xdist worker (make test runs 2, one per core) runs torch on one thread, and so do the
+    processes its tests start, so that the workers do not crowd each other's cores.
+
+    Hypothesis caches under .hypothesis/ in the directory pytest started in (the repo) while it
     collects: point it at a tmp dir of this run instead, unless the caller chose one."""
+    if _is_xdist_worker(config):
+        os.environ["OMP_NUM_THREADS"] = "1"
+        torch.set_num_threads(1)
     if "HYPOTHESIS_STORAGE_DIRECTORY" not in os.environ:
         config.stash[_HYPOTHESIS_DIR] = tempfile.mkdtemp(prefix="twinloop-hypothesis-")
         os.environ["HYPOTHESIS_STORAGE_DIRECTORY"] = config.stash[_HYPOTHESIS_DIR]
+
+
+@pytest.hookimpl(trylast=True)  # after pytest-xdist's own
+def pytest_collection_modifyitems(config, items):
+    """A slow run (stop/restart cycles, notebooks, ...) may take minutes on a busy machine: it gets a
+    longer pytest-timeout limit than the rest, unless it names one itself.
+
+    `--dist loadgroup` under pytest 9.2: pytest-xdist 3.8 marks a test's group by appending ``@group``
+    to ``item._nodeid``, which pytest 9.2 no longer reads (it keeps ``item._id``); the groups were
+    scattered over the workers, and each worker trained their shared run again. The suffix is put
+    where pytest 9.2 reads it (under an older pytest, xdist's own is there already)."""
+    for item in items:
+        if item.get_closest_marker("slow") and not item.get_closest_marker("timeout"):
+            item.add_marker(pytest.mark.timeout(SLOW_TIMEOUT_S))
+    if not getattr(config.option, "loadgroup", False):  # set in a worker of `--dist loadgroup`
+        return
+    for item in items:
+        groups = {
+            str(m.args[0] if m.args else m.kwargs.get("name", "default")) for m in item.iter_markers("xdist_group")
+        }
+        suffix = "@" + "_".join(sorted(groups))
+        if groups and not item.nodeid.endswith(suffix) and hasattr(item, "_id"):
+            from _pytest.nodeid import NodeId
+
+            item._id = NodeId.parse(item.nodeid + suffix)
 
 
 def pytest_unconfigure(config):

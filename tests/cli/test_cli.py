@@ -26,17 +26,33 @@ def predict_csv(args: list[str], ckpt: str, folder: Path, out: Path) -> list[dic
     return list(csv.DictReader(out.open()))
 
 
-def run_dir() -> Path:
-    (version,) = Path("lightning_logs").glob("version_*")
+def run_dir(root: Path = Path()) -> Path:
+    (version,) = (root / "lightning_logs").glob("version_*")
     return version
 
 
-def test_fit_with_no_arguments_trains_on_digits():
+@pytest.fixture(scope="module")
+def bare_fit(tmp_path_factory) -> tuple[TwinloopCLI, Path]:
+    """One bare ``fit()`` and the folder it ran in (its paths are relative to it): the tests that only
+    read what that run left share it, rather than each training the same run again."""
+    root = tmp_path_factory.mktemp("bare_fit")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(root)
+        return fit(), root
+
+
+def best_checkpoint(bare_fit: tuple[TwinloopCLI, Path]) -> str:
+    cli, root = bare_fit
+    return str(root / cli.trainer.checkpoint_callback.best_model_path)
+
+
+@pytest.mark.xdist_group("bare_fit")
+def test_fit_with_no_arguments_trains_on_digits(bare_fit):
     """A bare fit trains on the embedded digits and leaves config, best and last checkpoints, and events."""
-    cli = fit()
+    cli, root = bare_fit
     assert cli.datamodule.dataset == "digits"
     assert cli.trainer.callback_metrics["val/acc"] > 0.5
-    d = run_dir()
+    d = run_dir(root)
     assert (d / "config.yaml").is_file()
     assert list((d / "checkpoints").glob("best-*.ckpt"))
     assert (d / "checkpoints" / "last.ckpt").is_file()
@@ -88,12 +104,13 @@ def test_every_shipped_config_parses(config):
     assert info.value.code == 0
 
 
-def test_validate_reports_what_fit_logged_for_the_best_checkpoint():
+@pytest.mark.xdist_group("bare_fit")
+def test_validate_reports_what_fit_logged_for_the_best_checkpoint(bare_fit):
     """validate --ckpt_path on the best checkpoint gives the val/acc that fit recorded for it."""
-    cli = fit()
+    cli, _ = bare_fit
     ckpt = cli.trainer.checkpoint_callback
     logged = float(ckpt.best_model_score)
-    val = TwinloopCLI(args=["validate", *FAST, "--ckpt_path", ckpt.best_model_path])
+    val = TwinloopCLI(args=["validate", *FAST, "--ckpt_path", best_checkpoint(bare_fit)])
     assert float(val.trainer.callback_metrics["val/acc"]) == logged
 
 
@@ -164,11 +181,11 @@ def test_offline_download_exits_fast_with_the_message_and_no_run_dir(tmp_path, m
     assert not Path("lightning_logs").exists()
 
 
-def test_predict_new_files_with_a_digits_model(tmp_path):
+@pytest.mark.xdist_group("bare_fit")
+def test_predict_new_files_with_a_digits_model(tmp_path, bare_fit):
     """Files of any size and mode are fitted to what a digits model takes: 1 channel, 8 x 8."""
-    cli = fit()
     new = make_image_folder(tmp_path / "new", classes=("x",), per_class=3)
-    rows = predict_csv(FAST, cli.trainer.checkpoint_callback.best_model_path, new, tmp_path / "digits.csv")
+    rows = predict_csv(FAST, best_checkpoint(bare_fit), new, tmp_path / "digits.csv")
     assert len(rows) == 3 and {r["class_name"] for r in rows} <= set("0123456789")
 
 
@@ -206,12 +223,10 @@ def test_checkpointing_can_be_turned_off():
     assert not (run_dir() / "checkpoints").exists()
 
 
-def test_test_stage_reports_test_metrics():
+@pytest.mark.xdist_group("bare_fit")
+def test_test_stage_reports_test_metrics(bare_fit):
     """twinloop test logs test/loss and test/acc (digits has no test split: it tests on the validation split)."""
-    cli = fit()
-    metrics = TwinloopCLI(
-        args=["test", *FAST, "--ckpt_path", cli.trainer.checkpoint_callback.best_model_path]
-    ).trainer.callback_metrics
+    metrics = TwinloopCLI(args=["test", *FAST, "--ckpt_path", best_checkpoint(bare_fit)]).trainer.callback_metrics
     assert {"test/loss", "test/acc"} <= set(metrics)
 
 

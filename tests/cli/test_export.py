@@ -46,6 +46,7 @@ def pytorch_logits(checkpoint: Path, images: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("fmt", list(FORMATS))
+@pytest.mark.xdist_group("export_checkpoint")
 def test_exported_model_gives_the_checkpoints_logits(fmt, checkpoint, tmp_path):
     """On 359 validation digits in batches of 1, 7 and 351, logits within 1e-4 and the same classes."""
     out = tmp_path / f"model{FORMATS[fmt]}"
@@ -62,6 +63,7 @@ def test_exported_model_gives_the_checkpoints_logits(fmt, checkpoint, tmp_path):
     assert torch.equal(got.argmax(1), want.argmax(1))
 
 
+@pytest.mark.xdist_group("export_checkpoint")
 def test_the_sidecar_says_how_to_prepare_an_image(checkpoint, tmp_path):
     """Class names, input size, channels, mean and std of the data the checkpoint was trained on."""
     out = tmp_path / "digits.onnx"
@@ -73,6 +75,7 @@ def test_the_sidecar_says_how_to_prepare_an_image(checkpoint, tmp_path):
     assert meta["mean"] == list(data.mean) and meta["std"] == list(data.std)
 
 
+@pytest.mark.xdist_group("export_checkpoint")
 def test_onnx_without_its_packages_says_what_to_install(checkpoint, tmp_path, monkeypatch, capsys):
     """No onnxscript: exit 1 with one line naming it and the extra, and no file written."""
     monkeypatch.setitem(sys.modules, "onnxscript", None)

@@ -163,6 +163,7 @@ def pretrained_checkpoint(tmp_path_factory) -> tuple[Path, list[str]]:
     return root / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt", args
 
 
+@pytest.mark.xdist_group("pretrained_checkpoint")
 def test_with_a_checkpoint_the_weights_file_is_not_needed(torch_home, pretrained_checkpoint):
     """validate --ckpt_path of a pretrained run works offline with an empty cache: the checkpoint has all weights."""
     last, args = pretrained_checkpoint
@@ -174,6 +175,7 @@ def test_with_a_checkpoint_the_weights_file_is_not_needed(torch_home, pretrained
     )
 
 
+@pytest.mark.xdist_group("pretrained_checkpoint")
 def test_the_reference_validates_a_pretrained_checkpoint_without_the_weights_file(
     torch_home, pretrained_checkpoint, capsys
 ):

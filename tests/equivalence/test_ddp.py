@@ -70,6 +70,7 @@ def test_training_shares_split_one_permutation_per_epoch(device_cache):
     assert y.tolist() == [label(dm.train_set, i) for i in order[:64]]
 
 
+@pytest.mark.xdist_group("ddp_run")
 def test_ddp_validation_equals_a_single_process_validate(ddp_run):
     """val/acc of the DDP fit (synced, 359 samples once each) is what one process's validate of
     last.ckpt gives, exactly; val/loss within the rounding of another summation order."""
@@ -81,6 +82,7 @@ def test_ddp_validation_equals_a_single_process_validate(ddp_run):
     assert abs(last_scalar(run_dir, "val/loss") - single["val/loss"]) < 1e-6
 
 
+@pytest.mark.xdist_group("ddp_run")
 def test_only_rank_zero_writes_events_and_checkpoints(ddp_run):
     """One TensorBoard event file, rank 0's, and every checkpoint written by rank 0 alone."""
     run_dir, done = ddp_run
@@ -91,6 +93,8 @@ def test_only_rank_zero_writes_events_and_checkpoints(ddp_run):
     assert done.stdout.count("val/acc ") == 1  # the summary line: rank 0's only
 
 
+@pytest.mark.xdist_group("ddp_run")
+@pytest.mark.slow  # more DDP launches of its own: make test-slow (and CI) runs it
 def test_ddp_predictions_are_written_once_by_rank_zero_as_one_process_writes_them(ddp_run, tmp_path):
     """Each rank predicts its share of 7 new images; rank 0 alone writes them all, in the order and
     with the values of a one-process predict."""
@@ -109,6 +113,7 @@ def test_ddp_predictions_are_written_once_by_rank_zero_as_one_process_writes_the
     assert all(abs(float(a[2]) - float(b[2])) <= 1e-6 for a, b in zip(ddp[1:], single[1:]))
 
 
+@pytest.mark.xdist_group("ddp_run")
 def test_a_ddp_checkpoint_resumes_in_one_process(ddp_run, tmp_path):
     """One process goes on from the DDP run's last.ckpt (epoch 1, 4 steps a rank per epoch) for a
     third epoch: 8 + 4 steps, not a fresh 12."""
@@ -121,6 +126,7 @@ def test_a_ddp_checkpoint_resumes_in_one_process(ddp_run, tmp_path):
     assert not all(torch.equal(weights[k], last["state_dict"][k]) for k in weights)  # it trained on from there
 
 
+@pytest.mark.slow  # more DDP launches of its own: make test-slow (and CI) runs it
 def test_a_one_process_checkpoint_resumes_and_validates_under_ddp(tmp_path):
     """A one-process checkpoint (epoch 0, 4 steps) goes on under DDP for epoch 1 (4 + 4 steps), and its
     DDP validate gives one process's val/acc."""
@@ -137,6 +143,8 @@ def test_a_one_process_checkpoint_resumes_and_validates_under_ddp(tmp_path):
     assert shown is not None and float(shown.group(1)) == single["val/acc"]
 
 
+@pytest.mark.xdist_group("ddp_run")
+@pytest.mark.slow  # more DDP launches of its own: make test-slow (and CI) runs it
 def test_a_ddp_resume_is_exact(ddp_run, tmp_path):
     """DDP for one epoch, then a DDP resume from its last.ckpt for the second: the weights and
     optimizer state of the uninterrupted DDP run, bit for bit, and not from step 0."""
@@ -151,6 +159,8 @@ def test_a_ddp_resume_is_exact(ddp_run, tmp_path):
     assert_same_tensors(a["optimizer_states"][0]["state"][0], b["optimizer_states"][0]["state"][0])
 
 
+@pytest.mark.xdist_group("ddp_run")
+@pytest.mark.slow  # more DDP launches of its own: make test-slow (and CI) runs it
 def test_two_simulated_nodes_train_as_one_node_with_two_processes(ddp_run, tmp_path):
     """Two torchrun launches with --nnodes 2 (one process each, rendezvous on 127.0.0.1) end with the
     one-node DDP run's checkpoint and validation, bit for bit."""
@@ -173,6 +183,8 @@ def test_sync_batchnorm_on_the_cpu_is_one_error_line(capsys):
     assert not Path("lightning_logs").exists()
 
 
+@pytest.mark.xdist_group("ddp_run")
+@pytest.mark.slow  # more DDP launches of its own: make test-slow (and CI) runs it
 def test_the_device_path_under_ddp_trains_as_the_dataloader_path(ddp_run, tmp_path):
     """data.device_cache under DDP: each rank slices its own share, and the run ends with the DataLoader
     run's weights and validation, bit for bit."""

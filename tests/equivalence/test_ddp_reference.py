@@ -87,6 +87,7 @@ def reference_run(tmp_path_factory):
     return cwd / "lightning_logs/reference/version_0", done
 
 
+@pytest.mark.xdist_group("reference_run")
 def test_under_torchrun_only_rank_zero_reports_and_writes(reference_run):
     """One event file, one line per epoch and one `logs:` line (rank 0's), and its checkpoints."""
     run_dir, done = reference_run
@@ -97,6 +98,8 @@ def test_under_torchrun_only_rank_zero_reports_and_writes(reference_run):
     assert (run_dir / "checkpoints/best.ckpt").is_file()
 
 
+@pytest.mark.xdist_group("reference_run")
+@pytest.mark.slow  # more DDP launches of its own: make test-slow (and CI) runs it
 def test_two_simulated_nodes_run_the_reference_as_one_node(reference_run, tmp_path):
     """Two torchrun launches with --nnodes 2 (one process each, rendezvous on 127.0.0.1): the same
     checkpoint, optimizer state and validation as one node with 2 processes, bit for bit."""
@@ -111,6 +114,8 @@ def test_two_simulated_nodes_run_the_reference_as_one_node(reference_run, tmp_pa
         assert last_scalar(run_dir, tag) == last_scalar(nodes, tag), tag
 
 
+@pytest.mark.xdist_group("reference_run")
+@pytest.mark.slow  # more DDP launches of its own: make test-slow (and CI) runs it
 def test_a_reference_resume_under_torchrun_is_exact(reference_run, tmp_path):
     """The reference under torchrun for one epoch, then resumed under torchrun for the second: the
     uninterrupted run's weights and optimizer state, bit for bit, from step 4 (not from step 0)."""

@@ -108,11 +108,28 @@ def run(loop: str, probe: Probe, args: list[str], model_in_eval_mode: bool = Fal
     return recorder
 
 
+@pytest.fixture(scope="module")
+def probed_run(tmp_path_factory):
+    """``probed_run(loop)``: (probe, recording) of one EQUIV fit with a Probe, made once per loop and
+    shared by the tests that only read it."""
+    runs: dict[str, tuple[Probe, Recorder]] = {}
+
+    def get(loop: str) -> tuple[Probe, Recorder]:
+        if loop not in runs:
+            with pytest.MonkeyPatch.context() as patch:
+                patch.chdir(tmp_path_factory.mktemp(loop))
+                probe = Probe()
+                runs[loop] = probe, run(loop, probe, EQUIV)
+        return runs[loop]
+
+    return get
+
+
+@pytest.mark.xdist_group("probed_run")
 @pytest.mark.parametrize("loop", LOOPS)
-def test_train_steps_in_train_mode_with_grad_and_eval_steps_without(loop):
+def test_train_steps_in_train_mode_with_grad_and_eval_steps_without(loop, probed_run):
     """Every training forward has all modules training and grad on; every evaluation one neither."""
-    probe = Probe()
-    run(loop, probe, EQUIV)
+    probe, _ = probed_run(loop)
     sanity = SANITY_BATCHES if loop == "lightning" else 0
     assert len(probe.train_forwards) == 3 * TRAIN_BATCHES
     assert len(probe.eval_forwards) == 3 * VAL_BATCHES + sanity
@@ -147,10 +164,11 @@ def test_zero_grad_once_per_step_and_one_step_per_window(loop):
     assert [w.count("backward") for w in windows] == [3, 3, 1] * 3
 
 
+@pytest.mark.xdist_group("probed_run")
 @pytest.mark.parametrize("loop", LOOPS)
-def test_validation_changes_nothing_in_training(loop):
+def test_validation_changes_nothing_in_training(loop, probed_run):
     """Training with validation every epoch ends bit-identical (weights, BN buffers, optimizer) to training without."""
-    with_val = run(loop, Probe(), EQUIV)
+    _, with_val = probed_run(loop)
     without = run(loop, Probe(), [*EQUIV, "--trainer.check_val_every_n_epoch=100"])
     assert with_val.val and not without.val  # validation really ran in one and not the other
     assert with_val.final.keys() == without.final.keys()

@@ -55,6 +55,7 @@ def pair(tmp_path_factory):
     return root / "digits", lit, ref
 
 
+@pytest.mark.xdist_group("tensorboard_pair")
 def test_every_tag_is_logged(pair):
     """Scalars (loss, acc, best, lr, epoch, per-class), images and the hparams entry are all there."""
     acc = events(pair[0] / "lightning")
@@ -64,6 +65,7 @@ def test_every_tag_is_logged(pair):
     assert len(acc.Scalars("train/loss_epoch")) == 2  # per epoch
 
 
+@pytest.mark.xdist_group("tensorboard_pair")
 def test_last_val_acc_is_what_the_run_reported(pair):
     """The last val/acc in the event file is the value the run's last validation reported."""
     _, lit, _ = pair
@@ -84,6 +86,7 @@ def hparams_tab(log_dir: Path) -> tuple[dict, set[str]]:
 
 
 @pytest.mark.parametrize("side", ["lightning", "reference"])
+@pytest.mark.xdist_group("tensorboard_pair")
 def test_hparams_tab_shows_the_settings_that_shape_a_result(pair, side):
     """HPARAMS: a compact set of settings (no callback or logger defaults) and val/acc, val/loss and
     val/acc_best as metric columns, in both loops."""
@@ -100,11 +103,13 @@ def test_hparams_tab_shows_the_settings_that_shape_a_result(pair, side):
     assert settings["trainer/max_epochs"] == 2 and settings["seed"] == 42
 
 
+@pytest.mark.xdist_group("tensorboard_pair")
 def test_both_loops_fill_the_hparams_tab_alike(pair):
     """The two loops log the same HPARAMS entry, so their runs line up in one table."""
     assert hparams_tab(pair[0] / "lightning") == hparams_tab(pair[0] / "reference")
 
 
+@pytest.mark.xdist_group("tensorboard_pair")
 def test_confusion_matrix_png_counts_the_validation_set(pair):
     """The confusion-matrix image decodes as a PNG whose counts sum to the validation set's size."""
     acc = events(pair[0] / "lightning")
@@ -127,6 +132,7 @@ def accumulated_pair(tmp_path_factory):
 
 
 @pytest.mark.parametrize("runs", ["pair", "accumulated_pair"])
+@pytest.mark.xdist_group("tensorboard_pair")
 def test_reference_logs_the_same_tags_and_values(runs, request):
     """The reference run logs the same events: same tags, same (step, value) sequences within 1e-6."""
     root = request.getfixturevalue(runs)[0]
@@ -141,12 +147,24 @@ def test_reference_logs_the_same_tags_and_values(runs, request):
             assert abs(x - y) <= 1e-6, (tag, step, x, y)
 
 
+SHORT = [*FAST, "--trainer.max_epochs=1", "--trainer.limit_train_batches=4"]
+
+
+@pytest.fixture(scope="module")
+def short_fit(tmp_path_factory) -> str:
+    """The best checkpoint of one short Lightning fit, which both stages validate or test."""
+    root = tmp_path_factory.mktemp("short_fit")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(root)
+        cli = TwinloopCLI(args=["fit", *SHORT, "--trainer.default_root_dir=fit"])
+    return str(root / cli.trainer.checkpoint_callback.best_model_path)
+
+
+@pytest.mark.xdist_group("short_fit")
 @pytest.mark.parametrize("stage", ["validate", "test"])
-def test_reference_validate_and_test_write_what_lightning_writes(stage, tmp_path):
+def test_reference_validate_and_test_write_what_lightning_writes(stage, short_fit):
     """`twinloop-reference validate|test` write event files with Lightning's tags, steps and values."""
-    args = [*FAST, "--trainer.max_epochs=1", "--trainer.limit_train_batches=4"]
-    cli = TwinloopCLI(args=["fit", *args, "--trainer.default_root_dir=fit"])
-    ckpt = cli.trainer.checkpoint_callback.best_model_path
+    args, ckpt = SHORT, short_fit
     TwinloopCLI(args=[stage, *args, "--trainer.default_root_dir=lit", "--ckpt_path", ckpt])
     reference_main([stage, *args, "--log_dir=ref", "--ckpt_path", ckpt])
     (lit_dir,) = Path("lit/lightning_logs").glob("version_*")
@@ -170,6 +188,7 @@ def get_json(url: str):
         return json.loads(response.read())
 
 
+@pytest.mark.xdist_group("tensorboard_pair")
 def test_a_real_tensorboard_server_serves_both_runs(pair):
     """tensorboard on a loopback port serves both runs with their scalar and image tags."""
     port = free_port()

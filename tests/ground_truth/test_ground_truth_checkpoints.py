@@ -45,20 +45,17 @@ class ScriptedValidation(StageMetrics):
         self.fresh = True
 
 
-@pytest.fixture
-def scripted(monkeypatch):
-    """``scripted(scores)`` makes every validation metrics built from now on report ``scores``, epoch by epoch."""
+def script(monkeypatch: pytest.MonkeyPatch, scores: list[float]) -> None:
+    """Every validation metrics built from now on (until ``monkeypatch`` is undone) reports ``scores``, epoch
+    by epoch."""
 
-    def script(scores: list[float]) -> None:
-        def build(stage, num_classes, num_misclassified_images=16):
-            if stage == "val":
-                return ScriptedValidation(scores, num_classes, num_misclassified_images)
-            return build_stage_metrics(stage, num_classes, num_misclassified_images)
+    def build(stage, num_classes, num_misclassified_images=16):
+        if stage == "val":
+            return ScriptedValidation(scores, num_classes, num_misclassified_images)
+        return build_stage_metrics(stage, num_classes, num_misclassified_images)
 
-        monkeypatch.setattr(project.module, "build_stage_metrics", build)
-        monkeypatch.setattr(project.reference.trainer, "build_stage_metrics", build)
-
-    return script
+    monkeypatch.setattr(project.module, "build_stage_metrics", build)
+    monkeypatch.setattr(project.reference.trainer, "build_stage_metrics", build)
 
 
 def run_args(epochs: int) -> list[str]:
@@ -102,13 +99,31 @@ SEQUENCES = {
 }
 
 
+@pytest.fixture(scope="module")
+def scripted_fit(tmp_path_factory):
+    """``scripted_fit(case, loop)``: the best and last checkpoints of a fit with one loop whose validation
+    reports the scores of ``SEQUENCES[case]``; each run is made once and shared by the tests that read it."""
+    runs: dict[tuple[str, str], tuple[Path, Path]] = {}
+
+    def get(case: str, loop: str) -> tuple[Path, Path]:
+        if (case, loop) not in runs:
+            scores, _ = SEQUENCES[case]
+            with pytest.MonkeyPatch.context() as patch:
+                patch.chdir(tmp_path_factory.mktemp(f"{case}-{loop}"))
+                script(patch, scores)
+                runs[case, loop] = tuple(path.absolute() for path in fit(loop, len(scores)))
+        return runs[case, loop]
+
+    return get
+
+
+@pytest.mark.xdist_group("scripted_fit")
 @pytest.mark.parametrize("loop", ["lightning", "reference"])
 @pytest.mark.parametrize("case", list(SEQUENCES))
-def test_best_holds_the_first_highest_epoch_and_last_the_final_one(scripted, case, loop):
+def test_best_holds_the_first_highest_epoch_and_last_the_final_one(scripted_fit, case, loop):
     """ "best" holds the first epoch with the highest score (a tie keeps the earlier one); "last" the final epoch."""
     scores, best_epoch = SEQUENCES[case]
-    scripted(scores)
-    best, last = fit(loop, len(scores))
+    best, last = scripted_fit(case, loop)
     best_state, last_state = load(best), load(last)
     # one training batch per epoch: epoch e ends at optimizer step e + 1
     assert (best_state["epoch"], best_state["global_step"]) == (best_epoch, best_epoch + 1)
@@ -119,10 +134,10 @@ def test_best_holds_the_first_highest_epoch_and_last_the_final_one(scripted, cas
         assert any(not torch.equal(best_state["state_dict"][k], v) for k, v in last_state["state_dict"].items())
 
 
+@pytest.mark.xdist_group("scripted_fit")
 @pytest.mark.parametrize("case", ["tie_keeps_the_earlier", "drop_then_new_high"])
-def test_lightning_best_file_is_named_by_its_epoch_and_score(scripted, case):
+def test_lightning_best_file_is_named_by_its_epoch_and_score(scripted_fit, case):
     """Lightning's best checkpoint is named best-epochNNN-accX.XXXX after the epoch it holds."""
     scores, best_epoch = SEQUENCES[case]
-    scripted(scores)
-    best, _ = fit("lightning", len(scores))
+    best, _ = scripted_fit(case, "lightning")
     assert best.name == f"best-epoch{best_epoch:03d}-acc{scores[best_epoch]:.4f}.ckpt"

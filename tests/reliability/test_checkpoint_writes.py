@@ -113,6 +113,7 @@ def tmpdir_base(kind: str, tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize("tmpdir_on", ["other filesystem", "same filesystem"])
+@pytest.mark.xdist_group("saver")
 def test_kill_9_during_saves_leaves_only_whole_checkpoints(saver, tmp_path, tmpdir_on):
     """SIGKILL in the middle of checkpoint saves, over and over: every *.ckpt loads with weights_only, the last
     good one survives, nothing is left in $TMPDIR, and temp files beside the checkpoints go at the next save."""
@@ -262,6 +263,7 @@ def test_a_full_disk_names_the_path_and_keeps_the_previous_checkpoint(previous, 
     assert_intact(previous)
 
 
+@pytest.mark.xdist_group("saver")
 def test_a_real_write_failure_in_another_process_keeps_the_previous_checkpoint(saver, previous, tmp_path):
     """A real failing write (RLIMIT_FSIZE below the checkpoint's size: EFBIG from the kernel) in a real process."""
     outcome = tmp_path / "outcome"

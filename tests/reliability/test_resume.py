@@ -98,11 +98,21 @@ def reference_weights(root: str) -> dict[str, torch.Tensor]:
     return torch.load(last, weights_only=True)["state_dict"]
 
 
+@pytest.fixture(scope="module")
+def full(tmp_path_factory) -> Path:
+    """The reference's uninterrupted run to 4 epochs, which both resumed runs must end at: its root dir."""
+    root = tmp_path_factory.mktemp("reference")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(root)
+        reference_main(["fit", *SCHEDULED, "--trainer.default_root_dir=full"])
+    return root / "full"
+
+
+@pytest.mark.xdist_group("reference_full")
 @pytest.mark.parametrize("first_half", ["reference", "lightning"])
-def test_the_reference_resumes_its_own_and_lightnings_checkpoints_exactly(first_half, capsys):
+def test_the_reference_resumes_its_own_and_lightnings_checkpoints_exactly(first_half, capsys, full):
     """2 epochs (by either loop), then `twinloop-reference fit --ckpt_path ...` to 4: the reference's
     uninterrupted weights, bit for bit, with a per-epoch scheduler, augmentation and Dropout on."""
-    reference_main(["fit", *SCHEDULED, "--trainer.default_root_dir=full"])
     half = [*SCHEDULED, "--trainer.max_epochs=2", "--trainer.default_root_dir=cut"]
     if first_half == "reference":
         reference_main(["fit", *half])
@@ -113,7 +123,7 @@ def test_the_reference_resumes_its_own_and_lightnings_checkpoints_exactly(first_
     capsys.readouterr()
     reference_main(["fit", *SCHEDULED, "--trainer.default_root_dir=cut", f"--ckpt_path={ckpt}"])
     assert "resuming from epoch 2, batch 0 (step 16)" in capsys.readouterr().out  # not from step 0
-    a, b = reference_weights("full"), reference_weights("cut")
+    a, b = reference_weights(full), reference_weights("cut")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
