@@ -109,15 +109,18 @@ def lightning_state(net: nn.Module, optimizer, scheduler, datamodule, epoch: int
     }
 
 
-def load_network_weights(model: Any, ckpt_path: str) -> dict:
-    """Load a checkpoint's (either loop's) network weights into ``model.net`` and its class names;
+def load_network_weights(model: Any, ckpt_path: str, training: bool = False) -> dict:
+    """Load a checkpoint's (either loop's) network weights into ``model.net`` and its class names:
+    the weights that validated (with EMA, the average), or with ``training`` the weights being
+    trained (``current_model_state`` when the checkpoint has one, as EMA writes it);
     tensors and plain data only (``weights_only``), so a checkpoint cannot run code. Before anything
     is loaded, the checkpoint's classes must be the model's (the data's) and its tensors must fit the
     network; any problem is one ``CheckpointError`` naming the file. Returns the checkpoint."""
     try:
         checkpoint = read_checkpoint(ckpt_path)
         check_class_names(checkpoint, model.class_names, ckpt_path)
-        state = {k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
+        weights = checkpoint.get("current_model_state", checkpoint["state_dict"]) if training else checkpoint["state_dict"]
+        state = {k.removeprefix("net."): v for k, v in weights.items() if k.startswith("net.")}
         check_state_dict_fits(state, model.net.state_dict(), ckpt_path)
     except CheckpointError as exc:
         raise CheckpointError(f"--ckpt_path: {exc}") from None

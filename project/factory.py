@@ -11,7 +11,10 @@ from typing import Any
 import torch
 from torch import nn
 from torch.optim import Optimizer
-from torch.optim.lr_scheduler import LRScheduler
+from torch.optim.lr_scheduler import ConstantLR, LinearLR, LRScheduler, ReduceLROnPlateau, SequentialLR
+
+from project.errors import ConfigError
+from project.specs import WarmupSpec
 
 OptimizerFactory = Callable[[Iterable], Optimizer]
 SchedulerFactory = Callable[[Optimizer], LRScheduler]
@@ -39,22 +42,56 @@ def build_optimization(
     optimizer_factory: OptimizerFactory,
     scheduler_factory: SchedulerFactory | None,
     total_steps: int,
-) -> tuple[Optimizer, LRScheduler | None]:
+    warmup: WarmupSpec | None = None,
+    steps_per_epoch: int = 1,
+    interval: str = "epoch",
+) -> tuple[Optimizer, LRScheduler | ReduceLROnPlateau | None]:
     """Optimizer and optional scheduler; ``total_steps`` fills in OneCycleLR when the config omits it.
 
     Parameter groups with an ``lr_scale`` (the backbone's when fine-tuning) get that fraction of the
-    learning rate, and of OneCycleLR's ``max_lr``, before the scheduler reads them."""
+    learning rate, and of OneCycleLR's ``max_lr``, before the scheduler reads them. A ``warmup``
+    comes first (``SequentialLR``; alone without a scheduler), for its epochs or steps counted in
+    the scheduler's ``interval``, and the scheduler then starts from its own step 0."""
     optimizer = optimizer_factory(params)
     scales = [group.get("lr_scale", 1.0) for group in optimizer.param_groups]
     for group, scale in zip(optimizer.param_groups, scales):
         group["lr"] *= scale
-    if scheduler_factory is None:
-        return optimizer, None
-    extra: dict[str, int | list[float]] = {"total_steps": total_steps} if needs_total_steps(scheduler_factory) else {}
-    max_lr = (getattr(scheduler_factory, "keywords", None) or {}).get("max_lr")
-    if isinstance(max_lr, (int, float)) and any(s != 1.0 for s in scales):
-        extra["max_lr"] = [max_lr * s for s in scales]
-    return optimizer, scheduler_factory(optimizer, **extra)
+    warmup_steps = warmup_length(warmup, steps_per_epoch, interval) if warmup is not None else 0
+    main = None
+    if scheduler_factory is not None:
+        extra: dict[str, int | list[float]] = {}
+        if needs_total_steps(scheduler_factory):
+            extra["total_steps"] = total_steps - warmup_steps
+        max_lr = (getattr(scheduler_factory, "keywords", None) or {}).get("max_lr")
+        if isinstance(max_lr, (int, float)) and any(s != 1.0 for s in scales):
+            extra["max_lr"] = [max_lr * s for s in scales]
+        main = scheduler_factory(optimizer, **extra)
+        if isinstance(main, ReduceLROnPlateau) and interval != "epoch":
+            raise ConfigError("model.scheduler_interval: ReduceLROnPlateau steps once an epoch, on a validation value")
+    if not warmup_steps or warmup is None:
+        return optimizer, main
+    if isinstance(main, ReduceLROnPlateau):
+        raise ConfigError("model.warmup: ReduceLROnPlateau cannot follow a warm-up; use a scheduler of the epochs")
+    first: LRScheduler = (
+        LinearLR(optimizer, warmup.start_factor, 1.0, total_iters=warmup_steps)
+        if warmup.method == "linear"
+        else ConstantLR(optimizer, warmup.start_factor, total_iters=warmup_steps)
+    )
+    if main is None:
+        return optimizer, first
+    return optimizer, SequentialLR(optimizer, [first, main], milestones=[warmup_steps])
+
+
+def warmup_length(warmup: WarmupSpec, steps_per_epoch: int, interval: str) -> int:
+    """The warm-up in scheduler steps: epochs, or optimizer steps when the scheduler steps per step."""
+    if interval == "step":
+        return warmup.steps or warmup.epochs * steps_per_epoch
+    if warmup.steps:
+        raise ConfigError(
+            f"model.warmup.steps: {warmup.steps} steps of warm-up need model.scheduler_interval: step "
+            "(or give model.warmup.epochs)"
+        )
+    return warmup.epochs
 
 
 def needs_total_steps(scheduler_factory: SchedulerFactory) -> bool:

@@ -29,16 +29,61 @@ def split_backbone(net: nn.Module) -> tuple[list[nn.Parameter], list[nn.Paramete
     return backbone, top
 
 
-def optimizer_parameters(net: nn.Module, freeze_backbone_epochs: int, backbone_lr_scale: float) -> list:
+def optimizer_parameters(
+    net: nn.Module,
+    freeze_backbone_epochs: int,
+    backbone_lr_scale: float,
+    norm_weight_decay: float | None = None,
+    bias_weight_decay: float | None = None,
+) -> list:
     """What the optimizer is built on: all parameters in one group, or, when fine-tuning, a ``head``
-    group and a ``backbone`` group whose learning rate ``build_optimization`` scales by ``lr_scale``."""
-    if freeze_backbone_epochs == 0 and backbone_lr_scale == 1.0:
+    group and a ``backbone`` group whose learning rate ``build_optimization`` scales by ``lr_scale``.
+    With ``norm_weight_decay`` or ``bias_weight_decay``, each group is split in turn (``/norm``,
+    ``/bias``) into groups with that weight decay, as torchvision's ``set_weight_decay`` splits them."""
+    fine_tuning = freeze_backbone_epochs != 0 or backbone_lr_scale != 1.0
+    if not fine_tuning and norm_weight_decay is None and bias_weight_decay is None:
         return list(net.parameters())
-    backbone, head = split_backbone(net)
-    return [
-        {"params": head, "name": "head"},
-        {"params": backbone, "name": "backbone", "lr_scale": backbone_lr_scale},
-    ]
+    if fine_tuning:
+        backbone, head = split_backbone(net)
+        groups = [{"params": head, "name": "head"}, {"params": backbone, "name": "backbone", "lr_scale": backbone_lr_scale}]
+    else:
+        groups = [{"params": list(net.parameters()), "name": "all"}]
+    kinds = decay_kinds(net)
+    decays = {"norm": norm_weight_decay, "bias": bias_weight_decay}
+    out = []
+    for group in groups:
+        for kind in ("other", "norm", "bias"):
+            params = [p for p in group["params"] if kinds[id(p)] == kind]
+            decay = decays.get(kind)
+            if params:
+                name = group["name"] if kind == "other" or decay is None else f"{group['name']}/{kind}"
+                extra = {"weight_decay": decay} if decay is not None else {}
+                out.append({**group, "params": params, "name": name, **extra})
+    return _merged(out)
+
+
+def _merged(groups: list[dict]) -> list[dict]:
+    """Groups of one name (a kind whose decay is the optimizer's) as one group, in first-seen order."""
+    by_name: dict[str, dict] = {}
+    for group in groups:
+        if group["name"] in by_name:
+            by_name[group["name"]]["params"] += group["params"]
+        else:
+            by_name[group["name"]] = {**group, "params": list(group["params"])}
+    return list(by_name.values())
+
+
+NORM_LAYERS = (_BatchNorm, nn.LayerNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm, nn.LocalResponseNorm)
+
+
+def decay_kinds(net: nn.Module) -> dict[int, str]:
+    """Each parameter's kind, by ``id``: ``norm`` (a normalization layer's weight or bias), ``bias``
+    (another layer's bias) or ``other``."""
+    kinds = {}
+    for module in net.modules():
+        for name, p in module.named_parameters(recurse=False):
+            kinds[id(p)] = "norm" if isinstance(module, NORM_LAYERS) else "bias" if name == "bias" else "other"
+    return kinds
 
 
 class BackboneFreeze:

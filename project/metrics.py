@@ -79,7 +79,11 @@ class StageMetrics(nn.Module):
 
     @torch.no_grad()
     def update(self, logits: Tensor, target: Tensor, loss: Tensor, images: Tensor | None = None) -> None:
+        """One batch. ``target`` is the class index per image, or (MixUp, CutMix) the mixed class
+        probabilities, whose largest share counts as the image's class for the accuracy."""
         logits, loss = logits.detach().float(), loss.detach().float()
+        if target.ndim == 2:
+            target = target.argmax(dim=1)
         self.counts.update(logits, target, loss)
         if self.detailed and images is not None and len(self.misclassified) < self.keep_misclassified:
             pred = logits.argmax(dim=1)

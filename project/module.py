@@ -19,7 +19,8 @@ from project.factory import build_criterion, build_optimization, default_optimiz
 from project.finetuning import BackboneFreeze
 from project.metrics import StageMetrics, build_stage_metrics
 from project.monitoring import PictureLog
-from project.specs import NetworkSpec, PictureSpec, as_spec, plain
+from project.ema import ema_callback
+from project.specs import EMASpec, NetworkSpec, PictureSpec, WarmupSpec, as_spec, plain
 
 
 class ImageClassifier(L.LightningModule):
@@ -33,6 +34,9 @@ class ImageClassifier(L.LightningModule):
         lr_scheduler: builds a scheduler from the optimizer; OneCycleLR may omit ``total_steps``.
         scheduler_interval: step the scheduler every ``epoch`` or every optimizer ``step``.
         pictures: the validation pictures in TensorBoard (``--model.pictures.*``).
+        warmup: a learning-rate warm-up in front of the scheduler (``--model.warmup.*``).
+        ema: an exponential moving average of the weights, which validates (``--model.ema.*``).
+        monitor: what ReduceLROnPlateau steps on: ``val/loss`` or ``val/acc`` (its ``mode`` to match).
     """
 
     def __init__(
@@ -46,11 +50,16 @@ class ImageClassifier(L.LightningModule):
         lr_scheduler: LRSchedulerCallable | None = None,
         scheduler_interval: Literal["epoch", "step"] = "epoch",
         pictures: PictureSpec = PictureSpec(),  # noqa: B008
+        warmup: WarmupSpec = WarmupSpec(),  # noqa: B008
+        ema: EMASpec = EMASpec(),  # noqa: B008
+        monitor: Literal["val/loss", "val/acc"] = "val/loss",
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
-        self.hparams.update(network=plain(network), pictures=plain(pictures))  # checkpoints hold plain data
+        # checkpoints hold plain data
+        self.hparams.update(network=plain(network), pictures=plain(pictures), warmup=plain(warmup), ema=plain(ema))
         self.network, self.picture_spec = as_spec(NetworkSpec, network), as_spec(PictureSpec, pictures)
+        self.warmup, self.ema, self.monitor = as_spec(WarmupSpec, warmup), as_spec(EMASpec, ema), monitor
         self.net = self.network.build(num_classes, in_channels)
         self.backbone_freeze = BackboneFreeze(self.net, self.network.freeze_backbone_epochs)
         self.criterion = build_criterion(label_smoothing)
@@ -74,15 +83,25 @@ class ImageClassifier(L.LightningModule):
             self.example_input_array = torch.zeros(1, dm.in_channels, *dm.input_hw)
 
     def configure_optimizers(self):
+        total = self.trainer.estimated_stepping_batches  # sets up the training data: its length is known next
         optimizer, scheduler = build_optimization(
             self.network.optimizer_parameters(self.net),
             self.optimizer_factory,
             self.scheduler_factory,
-            self.trainer.estimated_stepping_batches,
+            int(total),
+            self.warmup,
+            -(-int(self.trainer.num_training_batches) // self.trainer.accumulate_grad_batches),
+            self.scheduler_interval,
         )
         if scheduler is None:
             return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval}}
+        config = {"scheduler": scheduler, "interval": self.scheduler_interval, "monitor": self.monitor}
+        return {"optimizer": optimizer, "lr_scheduler": config}
+
+    def configure_callbacks(self):
+        # Lightning's own EMA: it validates and checkpoints the average (the module's weights meanwhile
+        # are the ones trained, under current_model_state)
+        return [ema_callback(self.ema, self.trainer.strategy.root_device)] if self.ema.decay is not None else []
 
     def on_train_epoch_start(self) -> None:
         self.train()  # Lightning >= 2.2 keeps the mode a user left: eval would freeze BatchNorm, drop Dropout

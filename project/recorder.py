@@ -88,7 +88,8 @@ class Recorder:
 
 class RecorderCallback(Callback):
     """Attaches a Recorder to a run of either loop: Lightning's Trainer and the ReferenceTrainer
-    call the same three hooks."""
+    call the same three hooks. The final state is the one after every callback's ``on_train_end``
+    (Lightning's EMA copies the average into the weights there)."""
 
     def __init__(self, recorder: Recorder):
         self.recorder = recorder
@@ -102,5 +103,5 @@ class RecorderCallback(Callback):
         if not trainer.sanity_checking:
             self.recorder.on_validation(trainer.callback_metrics)
 
-    def on_train_end(self, trainer, pl_module) -> None:
+    def on_fit_end(self, trainer, pl_module) -> None:
         self.recorder.finish()

@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from torch import nn
 
+from project.errors import ConfigError
 from project.finetuning import optimizer_parameters
 from project.models import build_network
 
@@ -32,6 +33,11 @@ class NetworkSpec:
         freeze_backbone_epochs: train only the classifier head for this many first epochs, with the
             backbone frozen (its BatchNorm statistics too); then all of it.
         backbone_lr_scale: the backbone's learning rate as a fraction of the optimizer's (the head's).
+        feature_size: ``simple_cnn`` pools its last feature map to this side before the head: 7
+            keeps a 28 px image's 7 x 7 map whole (a 32 px image's 8 x 8 nearly); 2 suits 8 px digits.
+        norm_weight_decay: weight decay of the normalization layers' weights and biases (null: the
+            optimizer's), as torchvision's ``--norm-weight-decay``; 0 is today's recipe.
+        bias_weight_decay: weight decay of the other layers' biases (null: the optimizer's).
     """
 
     backbone: str = "simple_cnn"
@@ -42,6 +48,9 @@ class NetworkSpec:
     compile: Literal["default", "reduce-overhead", "max-autotune"] | None = None
     freeze_backbone_epochs: int = 0
     backbone_lr_scale: float = 1.0
+    feature_size: int = 7
+    norm_weight_decay: float | None = None
+    bias_weight_decay: float | None = None
 
     def build(self, num_classes: int, in_channels: int) -> nn.Module:
         return build_network(
@@ -53,11 +62,15 @@ class NetworkSpec:
             self.channels_last,
             self.compile,
             self.weights,
+            self.feature_size,
         )
 
     def optimizer_parameters(self, net: nn.Module) -> list:
-        """The parameters (or, when fine-tuning, the head and backbone groups) the optimizer gets."""
-        return optimizer_parameters(net, self.freeze_backbone_epochs, self.backbone_lr_scale)
+        """The parameters the optimizer gets: one group, or the head and backbone groups when
+        fine-tuning, each split by weight decay when norm or bias layers have their own."""
+        return optimizer_parameters(
+            net, self.freeze_backbone_epochs, self.backbone_lr_scale, self.norm_weight_decay, self.bias_weight_decay
+        )
 
 
 @dataclass(frozen=True)
@@ -72,6 +85,55 @@ class PictureSpec:
 
     every_n_epochs: int = 1
     num_misclassified: int = 16
+
+
+@dataclass(frozen=True)
+class EMASpec:
+    """An exponential moving average of the weights (and BatchNorm statistics), which validation,
+    the best checkpoint and the end of training use: Lightning's ``EMAWeightAveraging``.
+
+    Args:
+        decay: the average keeps this share of itself at each update (0.999, 0.9998); null: no EMA.
+        every_n_steps: update after every N-th optimizer step.
+        start_step: the first update (a copy of the weights) after this optimizer step: the
+            warm-up during which the average does not yet follow the weights.
+    """
+
+    decay: float | None = None
+    every_n_steps: int = 1
+    start_step: int = 0
+
+    def __post_init__(self) -> None:
+        if self.decay is not None and not 0.0 <= self.decay < 1.0:
+            raise ConfigError(f"model.ema.decay: {self.decay} is not in [0, 1)")
+        if self.every_n_steps < 1 or self.start_step < 0:
+            raise ConfigError(
+                f"model.ema: every_n_steps ({self.every_n_steps}) must be >= 1 and start_step ({self.start_step}) >= 0"
+            )
+
+
+@dataclass(frozen=True)
+class WarmupSpec:
+    """A learning-rate warm-up in front of the scheduler (or of a constant rate without one).
+
+    Args:
+        epochs: warm up for this many epochs (counted in steps when the scheduler steps per step).
+        steps: or for this many optimizer steps (the scheduler must step per step).
+        method: ``linear`` from ``start_factor`` times the rate up to it, or ``constant`` at
+            ``start_factor`` times it.
+        start_factor: the first rate as a fraction of the configured one.
+    """
+
+    epochs: int = 0
+    steps: int = 0
+    method: Literal["linear", "constant"] = "linear"
+    start_factor: float = 0.01
+
+    def __post_init__(self) -> None:
+        if self.epochs < 0 or self.steps < 0 or (self.epochs and self.steps):
+            raise ConfigError(f"model.warmup: give epochs or steps, not both ({self.epochs}, {self.steps})")
+        if not 0.0 < self.start_factor <= 1.0:
+            raise ConfigError(f"model.warmup.start_factor: {self.start_factor} is not in (0, 1]")
 
 
 def as_spec(kind: type, value: Any) -> Any:

@@ -7,7 +7,7 @@ both loops see the same order.
 
 from __future__ import annotations
 
-from collections.abc import Sized
+from collections.abc import Callable, Sized
 from pathlib import Path
 from typing import cast
 
@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from project.augment import RandomCropFlip, crop_padding
+from project.augment import AugmentSpec, crop_padding
 from project.data.arguments import check_arguments
 from project.data.device_cache import CachedSplit, DeviceBatches, cached_splits
 from project.data.loaders import data_loader, stage_sampler
@@ -28,6 +28,7 @@ from project.data.source import DataSource, SourceOptions
 from project.data.split import stage_splits
 from project.data.transforms import Stats
 from project.errors import out_of_memory_hint
+from project.specs import as_spec
 
 
 class ImageDataModule(L.LightningDataModule):
@@ -45,6 +46,9 @@ class ImageDataModule(L.LightningDataModule):
         mean: per-channel mean to normalize with instead of the data set's own (null: its own).
         std: per-channel std to go with ``mean``.
         augment: random crop with padding + horizontal flip, on train batches only.
+        augmentation: today's recipe on top, on train batches only (``--data.augmentation.*``):
+            a per-image policy (TrivialAugmentWide, RandAugment, AutoAugment), RandomResizedCrop,
+            RandomErasing, and MixUp / CutMix.
         num_workers: DataLoader worker processes (and for decoding the splits once, with ``device_cache``).
         device_cache: hold every split in device memory as uint8 and batch it by slicing, with
             normalisation and augmentation on the device: for data sets that fit in memory.
@@ -78,6 +82,7 @@ class ImageDataModule(L.LightningDataModule):
         crop_size: int | None = None,
         mean: list[float] | None = None,
         std: list[float] | None = None,
+        augmentation: AugmentSpec = AugmentSpec(),  # noqa: B008 (frozen: one shared default is safe)
     ):
         super().__init__()
         check_arguments(dataset, batch_size, val_fraction, crop_size, mean, std)
@@ -105,7 +110,8 @@ class ImageDataModule(L.LightningDataModule):
         self.test_set: Dataset | CachedSplit | None = None
         self.predict_set: FileListDataset | None = None
         # the loaders' generators, the training order and the augmenter: all in a checkpoint
-        self.seeds = DataSeeds(seed, crop_padding(self.source.declared_hw) if augment else None)
+        self.augmentation = as_spec(AugmentSpec, augmentation)
+        self.seeds = DataSeeds(seed, crop_padding(self.source.declared_hw) if augment else None, self.augmentation)
 
     def _build_source(self, mean: list[float] | None, std: list[float] | None) -> DataSource:
         """The data set's source, from the arguments stored: it stores them in turn, no file is read yet."""
@@ -208,17 +214,35 @@ class ImageDataModule(L.LightningDataModule):
         # Train batches only: Lightning's trainer says which stage runs this batch. The model
         # summary's example input (one tensor, no labels) is no training batch.
         training = self.trainer is not None and self.trainer.training and not isinstance(batch, Tensor)
-        if self.augmenter is not None and training:
+        if training and (self.augmenter is not None or self.mixer is not None):
             x, y = batch
-            return self.augment_batch(x), y
+            x = self.augmenter(x) if self.augmenter is not None else x
+            return self.mixer(x, y) if self.mixer is not None else (x, y)
         return batch
 
     @property
-    def augmenter(self) -> RandomCropFlip | None:
-        return self.seeds.augmenter
+    def augmenter(self) -> Callable[[Tensor], Tensor] | None:
+        """What augments a training batch of images on the device (crop and flip, then the per-image
+        policy), or None when nothing does."""
+        return self._augment if self.seeds.augmenter is not None or self.seeds.policy is not None else None
 
     def augment_batch(self, x: Tensor) -> Tensor:
-        return self.augmenter(x) if self.augmenter is not None else x
+        """A training batch of images as the augmentation leaves it (as it is without one)."""
+        return self._augment(x)
+
+    def _augment(self, x: Tensor) -> Tensor:
+        if self.seeds.augmenter is not None:
+            x = self.seeds.augmenter(x)
+        return self.seeds.policy(x, self.normalization()) if self.seeds.policy is not None else x
+
+    @property
+    def mixer(self) -> Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None:
+        """What mixes a training batch (MixUp, CutMix) into images and class probabilities, or None."""
+        return self._mix if self.seeds.mixer is not None else None
+
+    def _mix(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        assert self.seeds.mixer is not None
+        return self.seeds.mixer(x, y, self.num_classes)
 
     def train_dataloader(self) -> DataLoader | DeviceBatches:
         return self._loader(self.train_set, "train", shuffle=True)

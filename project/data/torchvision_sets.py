@@ -1,4 +1,9 @@
-"""The downloadable torchvision data sets: MNIST, Fashion-MNIST, CIFAR-10 and CIFAR-100."""
+"""The downloadable torchvision data sets: MNIST, Fashion-MNIST, CIFAR-10 and CIFAR-100.
+
+MNIST and Fashion-MNIST are read from their IDX files by ``project.data.idx`` (gzipped or not, in
+torchvision's layout or flat in the root), so a copy that is not byte for byte torchvision's, such
+as a distribution's, needs no download; CIFAR is read by torchvision.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +14,10 @@ from pathlib import Path
 from typing import ClassVar
 from urllib.parse import urlparse
 
+from torch.utils.data import Dataset
 from torchvision import datasets as tvd
 
+from project.data.idx import IdxDataset, find_idx_files, read_idx_split
 from project.data.source import DataSource, SourceOptions
 from project.data.transforms import Stats, image_transform
 from project.errors import DataUnavailableError
@@ -43,18 +50,34 @@ class TorchvisionData(DataSource):
     def own_normalization(self) -> Stats:
         return (self.mean, self.std)
 
-    def full_train(self, raw: bool = False) -> tvd.VisionDataset:
+    def full_train(self, raw: bool = False) -> Dataset:
         return self._read(train=True, raw=raw)
 
-    def own_test(self, raw: bool = False) -> tvd.VisionDataset:
+    def own_test(self, raw: bool = False) -> Dataset:
         return self._read(train=False, raw=raw)
 
-    def _read(self, train: bool, raw: bool) -> tvd.VisionDataset:
+    def _read(self, train: bool, raw: bool) -> Dataset:
         transform = image_transform(self.normalization(), raw=raw)
         return self.dataset_class(str(self.root), train=train, download=False, transform=transform)
 
 
-class MNISTData(TorchvisionData):
+class IdxData(TorchvisionData):
+    """MNIST and Fashion-MNIST: their four IDX files, gzipped or not, in torchvision's
+    ``root/<MNIST|FashionMNIST>/raw/`` or flat in ``root``, checked by header, shape and counts
+    (``project.data.idx``); torchvision downloads them only when they are not there."""
+
+    def prepare(self) -> None:
+        try:
+            find_idx_files(self.root, self.dataset_class.__name__)
+        except DataUnavailableError:  # not all there: torchvision's download (which leaves them in .../raw/)
+            super().prepare()
+
+    def _read(self, train: bool, raw: bool) -> IdxDataset:
+        images, labels = read_idx_split(self.root, self.dataset_class.__name__, train, hw=(self.side, self.side))
+        return IdxDataset(images, labels, image_transform(self.normalization(), raw=raw))
+
+
+class MNISTData(IdxData):
     """70,000 handwritten digits, 28 x 28 grayscale."""
 
     name = "mnist"
@@ -69,7 +92,7 @@ class MNISTData(TorchvisionData):
         return [str(i) for i in range(10)]
 
 
-class FashionMNISTData(TorchvisionData):
+class FashionMNISTData(IdxData):
     """70,000 Zalando clothing images in 10 classes, 28 x 28 grayscale."""
 
     name = "fashion_mnist"

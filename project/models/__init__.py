@@ -31,6 +31,7 @@ def build_network(
     channels_last: bool = False,
     compile_mode: str | None = None,
     weights: str | None = None,
+    feature_size: int = 7,
 ) -> nn.Module:
     """Build a classifier network, freshly initialised or from pretrained ``weights`` (``DEFAULT``, a
     torchvision weights name, or a .pth/.ckpt/.safetensors file) with a new head for ``num_classes``;
@@ -38,7 +39,7 @@ def build_network(
     if backbone.startswith(TIMM_PREFIX):
         net = build_timm_network(backbone.removeprefix(TIMM_PREFIX), num_classes, in_channels, dropout, weights)
     else:
-        net = _architecture(backbone, num_classes, in_channels, small_input_stem, dropout)
+        net = _architecture(backbone, num_classes, in_channels, small_input_stem, dropout, feature_size)
         if weights is not None:
             _load_weights(net, backbone, weights, small_input_stem)
     if channels_last:
@@ -67,9 +68,11 @@ def _stem_name(net: nn.Module) -> str:
     return next(n for n, m in net.named_modules() if isinstance(m, nn.Conv2d))
 
 
-def _architecture(backbone: str, num_classes: int, in_channels: int, small_input_stem: bool, dropout: float):
+def _architecture(
+    backbone: str, num_classes: int, in_channels: int, small_input_stem: bool, dropout: float, feature_size: int
+):
     if backbone == "simple_cnn":
-        return SimpleCNN(num_classes=num_classes, in_channels=in_channels, dropout=dropout)
+        return SimpleCNN(num_classes, in_channels, dropout=dropout, feature_size=feature_size)
     if backbone not in torchvision.models.list_models(module=torchvision.models):
         raise ConfigError(
             f"Unknown backbone {backbone!r}: use 'simple_cnn', timm/<name> or a torchvision classification model "

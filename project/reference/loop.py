@@ -19,8 +19,10 @@ from itertools import islice
 
 import torch
 from torch import Tensor, nn
+from torch.optim.lr_scheduler import ReduceLROnPlateau
 
-from project.errors import check_finite_loss
+from project.ema import WeightEMA
+from project.errors import ConfigError, check_finite_loss
 from project.metrics import StageMetrics
 
 AUTOCAST_DTYPES = {"32-true": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
@@ -64,25 +66,30 @@ def train_one_epoch(
     num_batches: int,
     precision: str,
     scaler: torch.amp.GradScaler,
-    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | ReduceLROnPlateau | None = None,
     scheduler_interval: str = "epoch",
     accumulate_grad_batches: int = 1,
     gradient_clip_val: float | None = None,
     gradient_clip_algorithm: str = "norm",
     augment: Callable[[Tensor], Tensor] | None = None,
+    mix: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None = None,
+    ema: WeightEMA | None = None,
     on_step: Callable[[Tensor], None] | None = None,
     epoch: int = 0,
     first_batch: int = 0,
 ) -> dict[str, Tensor]:
     """One pass over the training data; returns the epoch's training metrics. A non-finite loss
     stops it before its gradients reach the weights. A resumed epoch starts at ``first_batch``
-    (the loader starts there too)."""
+    (the loader starts there too). ``mix`` turns labels into mixed class probabilities (MixUp,
+    CutMix); ``ema`` averages the weights after each optimizer step."""
     model.train()
     if first_batch == 0:  # a resumed epoch goes on with the sums its checkpoint held
         metrics.reset()
     for i, (x, y) in enumerate(batches(loader, device, num_batches - first_batch), start=first_batch):
         if augment is not None:
             x = augment(x)
+        if mix is not None:
+            x, y = mix(x, y)
         if i % accumulate_grad_batches == 0:
             optimizer.zero_grad()
         with autocast(device, precision):
@@ -96,6 +103,8 @@ def train_one_epoch(
             clip_gradients(model, gradient_clip_val, gradient_clip_algorithm)
             scaler.step(optimizer)
             scaler.update()
+            if ema is not None:
+                ema.update(model)
             if scheduler is not None and scheduler_interval == "step":
                 scheduler.step()
             if on_step is not None:
@@ -141,21 +150,26 @@ def fit(
     num_train_batches: int,
     num_val_batches: int,
     precision: str,
-    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | ReduceLROnPlateau | None = None,
     scheduler_interval: str = "epoch",
     check_val_every_n_epoch: int = 1,
+    monitor: str = "val/loss",
+    ema: WeightEMA | None = None,
     on_epoch_end: Callable[[int, dict, dict | None], None] | None = None,
     **train_options,
 ) -> None:
     """Train epochs ``first_epoch`` (0 unless resuming; from its batch ``first_batch``) to
     ``max_epochs - 1``, validating every ``check_val_every_n_epoch`` epochs (never when
-    ``num_val_batches`` is 0, as with Lightning's ``limit_val_batches=0``).
+    ``num_val_batches`` is 0, as with Lightning's ``limit_val_batches=0``), with the averaged
+    weights when there is an ``ema``. A ``ReduceLROnPlateau`` steps on the latest validation's
+    ``monitor`` value.
 
     ``on_epoch_end(epoch, train_results, val_results_or_None)`` is where the caller logs and saves
     checkpoints. ``train_options`` (accumulation, clipping, scaler, augmentation, ``on_step``) go
     to ``train_one_epoch`` as they are.
     """
     model.to(device)
+    monitored: dict = {}
     for epoch in range(first_epoch, max_epochs):
         train_results = train_one_epoch(
             model,
@@ -170,14 +184,31 @@ def fit(
             scheduler_interval=scheduler_interval,
             epoch=epoch,
             first_batch=first_batch if epoch == first_epoch else 0,
+            ema=ema,
             **train_options,
         )
         val_results = None
         if (epoch + 1) % check_val_every_n_epoch == 0 and num_val_batches > 0:
+            validating = ema.module if ema is not None else model
             val_results = evaluate(
-                model, val_loader, criterion, device, val_metrics, num_batches=num_val_batches, precision=precision
+                validating, val_loader, criterion, device, val_metrics, num_batches=num_val_batches, precision=precision
             )
+            monitored = val_results
         if on_epoch_end is not None:  # before the epoch's scheduler step, as Lightning saves checkpoints
             on_epoch_end(epoch, train_results, val_results)
-        if scheduler is not None and scheduler_interval == "epoch":
+        if isinstance(scheduler, ReduceLROnPlateau):
+            scheduler.step(plateau_value(monitored, monitor))
+        elif scheduler is not None and scheduler_interval == "epoch":
             scheduler.step()
+    if ema is not None:
+        ema.copy_to(model)  # training ends with the averaged weights, as Lightning's callback leaves them
+
+
+def plateau_value(results: dict, monitor: str) -> Tensor:
+    """The validation value a ``ReduceLROnPlateau`` steps on, or the error Lightning raises without it."""
+    if monitor not in results:
+        raise ConfigError(
+            f"model.monitor: ReduceLROnPlateau steps on {monitor!r}, which no validation has given yet "
+            f"(it gave: {sorted(results)}); validate every epoch"
+        )
+    return results[monitor]

@@ -13,11 +13,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from project import checkpoint_contract as contract
 from project import monitoring
 from project.checkpoint_io import atomic_torch_save
 from project.data import ImageDataModule
+from project.ema import WeightEMA
 from project.epoch_report import report_epoch
 from project.errors import out_of_memory_hinted
 from project.factory import build_optimization, stepping_batches
@@ -35,7 +37,8 @@ from project.reference.stopping import ReferenceStop
 class ReferenceTrainer:
     """Runs an ``ImageClassifier`` with the reference loop.
 
-    ``callbacks`` get ``on_train_start``, ``on_validation_end`` and ``on_train_end(trainer, model)``,
+    ``callbacks`` get ``on_train_start``, ``on_validation_end``, ``on_train_end`` and
+    ``on_fit_end(trainer, model)``,
     where the trainer offers what Lightning's offers for the same purpose (``optimizers``,
     ``estimated_stepping_batches``, ``callback_metrics``, ``sanity_checking``), so one recording
     callback serves both loops.
@@ -87,7 +90,7 @@ class ReferenceTrainer:
         s = self.settings
         self.model, self.datamodule = model, datamodule
         self._setup(model, datamodule, "fit")
-        checkpoint = contract.load_network_weights(model, ckpt_path) if ckpt_path is not None else None
+        checkpoint = contract.load_network_weights(model, ckpt_path, training=True) if ckpt_path else None
         train_loader, val_loader = datamodule.train_dataloader(), datamodule.val_dataloader()
         self.num_training_batches = count_batches(len(train_loader), s.limit_train_batches, "limit_train_batches")
         num_val = count_batches(len(val_loader), s.limit_val_batches, "limit_val_batches")
@@ -106,6 +109,7 @@ class ReferenceTrainer:
         with signals, out_of_memory_hinted(datamodule.batch_size, s.precision), closed_on_error(self.logger):
             self._train(net, EpochShuffled(train_loader, start.epoch), val_loader, num_val, start)
         self._call("on_train_end", model)
+        self._call("on_fit_end", model)
         model.net = single
         self.logger.close()
 
@@ -120,8 +124,12 @@ class ReferenceTrainer:
             model.optimizer_factory,
             model.scheduler_factory,
             self.estimated_stepping_batches,
+            model.warmup,
+            -(-self.num_training_batches // s.accumulate_grad_batches),
+            model.scheduler_interval,
         )
         self.optimizers = [optimizer]
+        self.ema = WeightEMA(model.net, model.ema) if model.ema.decay is not None else None
         self.train_metrics, self.val_metrics = (self._metrics(stage, model) for stage in ("train", "val"))
         self.logger = self._logger(model, self.datamodule, purge_step=checkpoint["global_step"] if checkpoint else None)
         self.logger.log_hparams(self.hparams)
@@ -147,12 +155,15 @@ class ReferenceTrainer:
             scheduler=self.scheduler,
             scheduler_interval=model.scheduler_interval,
             check_val_every_n_epoch=s.check_val_every_n_epoch,
+            monitor=model.monitor,
+            ema=self.ema,
             on_epoch_end=self._on_epoch_end,
             scaler=loop.grad_scaler(s.device, s.precision),
             accumulate_grad_batches=s.accumulate_grad_batches,
             gradient_clip_val=s.gradient_clip_val,
             gradient_clip_algorithm=s.gradient_clip_algorithm,
             augment=self.datamodule.augmenter,
+            mix=self.datamodule.mixer,
             on_step=self.stop.after_steps(self._on_step, self.logger, self._state, num_train, start.batch),
         )
 
@@ -191,6 +202,8 @@ class ReferenceTrainer:
         state = contract.lightning_state(
             model.net, self.optimizers[0], self.scheduler, datamodule, epoch, self.logger.steps
         )
+        if self.ema is not None:
+            state = self.ema.checkpoint(state)
         return {**state, **contract.capture_extras(model.class_names, self.val_metrics, self.train_metrics, datamodule)}
 
     def _resume(self, checkpoint: dict) -> contract.ResumePoint:
@@ -200,9 +213,12 @@ class ReferenceTrainer:
         if self.scheduler is not None:
             self.scheduler.load_state_dict(checkpoint["lr_schedulers"][0])
             at_epoch_end = contract.MID_EPOCH not in checkpoint and self.scheduler.last_epoch == checkpoint["epoch"]
-            if self.model.scheduler_interval == "epoch" and at_epoch_end:
+            plateau = isinstance(self.scheduler, ReduceLROnPlateau)  # stepped after the checkpoint in both loops
+            if self.model.scheduler_interval == "epoch" and at_epoch_end and not plateau:
                 # saved before its epoch's step (the reference's are; Lightning's last.ckpt is after)
                 self.scheduler.step()
+        if self.ema is not None:
+            self.ema.restore(checkpoint)
         self.datamodule.load_state_dict(checkpoint.get(type(self.datamodule).__qualname__, {}))
         start = contract.resume_point(checkpoint, self.datamodule, self.settings.processes.world_size)
         self.logger.steps, self.logger.epoch = start.step, start.epoch
@@ -275,4 +291,5 @@ class ReferenceTrainer:
 
     def _call(self, hook: str, model: ImageClassifier) -> None:
         for callback in self.callbacks:
-            getattr(callback, hook)(self, model)
+            if hasattr(callback, hook):  # a callback of the reference's own may leave a hook out
+                getattr(callback, hook)(self, model)

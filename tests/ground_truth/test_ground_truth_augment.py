@@ -150,7 +150,7 @@ def test_augmentation_leaves_the_global_rng_alone():
 def test_data_module_pads_an_eighth_of_the_shorter_side(shape, padding):
     """The data module pads by min(H, W) // 8, at least 1: 4 px on 32 px images, 1 px on 8 px digits."""
     dm = ImageDataModule(dataset="fake", augment=True, fake_size=8, fake_image_shape=shape)
-    assert dm.augmenter.padding == padding
+    assert dm.seeds.augmenter.padding == padding
 
 
 @pytest.mark.parametrize("training", [True, False])

@@ -108,7 +108,7 @@ def test_digits_source_gives_normalized_8x8_grayscale():
 def test_image_size_only_resizes_file_images():
     """image_size applies to image folders; a digits model still sees (and predicts on) 8 x 8 images."""
     dm = ImageDataModule(image_size=16, augment=True)
-    assert dm.input_hw == (8, 8) and dm.resize_hw is None and dm.augmenter.padding == 1
+    assert dm.input_hw == (8, 8) and dm.resize_hw is None and dm.seeds.augmenter.padding == 1
 
 
 def test_fake_source_has_the_configured_shape_and_classes():
