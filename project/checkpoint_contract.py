@@ -119,7 +119,9 @@ def load_network_weights(model: Any, ckpt_path: str, training: bool = False) -> 
     try:
         checkpoint = read_checkpoint(ckpt_path)
         check_class_names(checkpoint, model.class_names, ckpt_path)
-        weights = checkpoint.get("current_model_state", checkpoint["state_dict"]) if training else checkpoint["state_dict"]
+        weights = (
+            checkpoint.get("current_model_state", checkpoint["state_dict"]) if training else checkpoint["state_dict"]
+        )
         state = {k.removeprefix("net."): v for k, v in weights.items() if k.startswith("net.")}
         check_state_dict_fits(state, model.net.state_dict(), ckpt_path)
     except CheckpointError as exc:

@@ -61,6 +61,7 @@ class TwinloopCLI(LightningCLI):
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
         parser.link_arguments("data.in_channels", "model.in_channels", apply_on="instantiate")
         parser.link_arguments("data.class_names", "model.class_names", apply_on="instantiate")
+        parser.link_arguments("data.declared_hw", "model.input_hw", apply_on="instantiate")
         # One seed for the run: the data split, shuffling and augmentation follow seed_everything.
         parser.link_arguments("seed_everything", "data.seed", compute_fn=data_seed, apply_on="parse")
         parser.add_lightning_class_args(EpochCheckpoint, "checkpoint")

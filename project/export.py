@@ -39,7 +39,7 @@ def load_network(ckpt_path: str | Path) -> tuple[nn.Module, dict]:
         )
     # the architecture alone, eager: the checkpoint brings every weight
     network = replace(NetworkSpec(**hp["network"]), weights=None, channels_last=False, compile=None)
-    net = network.build(hp["num_classes"], hp["in_channels"])
+    net = network.build(hp["num_classes"], hp["in_channels"], hp.get("input_hw"))
     state = {k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
     check_state_dict_fits(state, net.state_dict(), ckpt_path)
     net.load_state_dict(state)

@@ -45,7 +45,10 @@ def optimizer_parameters(
         return list(net.parameters())
     if fine_tuning:
         backbone, head = split_backbone(net)
-        groups = [{"params": head, "name": "head"}, {"params": backbone, "name": "backbone", "lr_scale": backbone_lr_scale}]
+        groups = [
+            {"params": head, "name": "head"},
+            {"params": backbone, "name": "backbone", "lr_scale": backbone_lr_scale},
+        ]
     else:
         groups = [{"params": list(net.parameters()), "name": "all"}]
     kinds = decay_kinds(net)

@@ -13,13 +13,13 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
 
 from project import checkpoint_contract as contract
+from project.ema import ema_callback
 from project.epoch_report import report_epoch
 from project.errors import check_finite_loss
 from project.factory import build_criterion, build_optimization, default_optimizer
 from project.finetuning import BackboneFreeze
 from project.metrics import StageMetrics, build_stage_metrics
 from project.monitoring import PictureLog
-from project.ema import ema_callback
 from project.specs import EMASpec, NetworkSpec, PictureSpec, WarmupSpec, as_spec, plain
 
 
@@ -27,7 +27,8 @@ class ImageClassifier(L.LightningModule):
     """Image classifier; Lightning's Trainer runs the loop around it.
 
     Args:
-        num_classes, in_channels, class_names: linked from the data module.
+        num_classes, in_channels, class_names, input_hw: linked from the data module (``input_hw``:
+            the images' (H, W) when known before reading them).
         network: the network and how its backbone trains (``--model.network.*``).
         label_smoothing: cross-entropy label smoothing.
         optimizer: builds the optimizer from the parameters.
@@ -53,6 +54,7 @@ class ImageClassifier(L.LightningModule):
         warmup: WarmupSpec = WarmupSpec(),  # noqa: B008
         ema: EMASpec = EMASpec(),  # noqa: B008
         monitor: Literal["val/loss", "val/acc"] = "val/loss",
+        input_hw: tuple[int, int] | None = None,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
@@ -60,7 +62,7 @@ class ImageClassifier(L.LightningModule):
         self.hparams.update(network=plain(network), pictures=plain(pictures), warmup=plain(warmup), ema=plain(ema))
         self.network, self.picture_spec = as_spec(NetworkSpec, network), as_spec(PictureSpec, pictures)
         self.warmup, self.ema, self.monitor = as_spec(WarmupSpec, warmup), as_spec(EMASpec, ema), monitor
-        self.net = self.network.build(num_classes, in_channels)
+        self.net = self.network.build(num_classes, in_channels, input_hw)
         self.backbone_freeze = BackboneFreeze(self.net, self.network.freeze_backbone_epochs)
         self.criterion = build_criterion(label_smoothing)
         self.optimizer_factory, self.scheduler_factory = optimizer, lr_scheduler

@@ -33,8 +33,9 @@ class NetworkSpec:
         freeze_backbone_epochs: train only the classifier head for this many first epochs, with the
             backbone frozen (its BatchNorm statistics too); then all of it.
         backbone_lr_scale: the backbone's learning rate as a fraction of the optimizer's (the head's).
-        feature_size: ``simple_cnn`` pools its last feature map to this side before the head: 7
-            keeps a 28 px image's 7 x 7 map whole (a 32 px image's 8 x 8 nearly); 2 suits 8 px digits.
+        feature_size: ``simple_cnn`` pools its last feature map to this side before the head; null:
+            from the input size, a quarter of its side up to 7 (a 28 px image's 7 x 7 map whole, an
+            8 px digit's 2 x 2; 7 x 7 when the size is known only from the files).
         norm_weight_decay: weight decay of the normalization layers' weights and biases (null: the
             optimizer's), as torchvision's ``--norm-weight-decay``; 0 is today's recipe.
         bias_weight_decay: weight decay of the other layers' biases (null: the optimizer's).
@@ -48,11 +49,14 @@ class NetworkSpec:
     compile: Literal["default", "reduce-overhead", "max-autotune"] | None = None
     freeze_backbone_epochs: int = 0
     backbone_lr_scale: float = 1.0
-    feature_size: int = 7
+    feature_size: int | None = None
     norm_weight_decay: float | None = None
     bias_weight_decay: float | None = None
 
-    def build(self, num_classes: int, in_channels: int) -> nn.Module:
+    def build(self, num_classes: int, in_channels: int, input_hw: tuple[int, int] | None = None) -> nn.Module:
+        """The network for ``num_classes`` classes of ``in_channels`` x ``input_hw`` images (None: not
+        known before the files are read)."""
+        feature_size = self.feature_size or (min(7, max(1, min(input_hw) // 4)) if input_hw else 7)
         return build_network(
             self.backbone,
             num_classes,
@@ -62,7 +66,7 @@ class NetworkSpec:
             self.channels_last,
             self.compile,
             self.weights,
-            self.feature_size,
+            feature_size,
         )
 
     def optimizer_parameters(self, net: nn.Module) -> list:
@@ -156,9 +160,14 @@ FLAT_ARGUMENTS = {
 
 
 def grouped(hparams: dict) -> dict:
-    """A module's hyperparameters with flat arguments of the earlier layout moved into their groups."""
+    """A module's hyperparameters with flat arguments of the earlier layout moved into their groups;
+    a ``simple_cnn`` saved before its head saw the whole feature map keeps its 2 x 2 pooling."""
     out = {k: v for k, v in hparams.items() if k not in FLAT_ARGUMENTS}
     for key, (group, name) in FLAT_ARGUMENTS.items():
         if key in hparams:
             out[group] = {**(out.get(group) or {}), name: hparams[key]}
+    network = out.get("network") or {}
+    simple_cnn = network.get("backbone", "simple_cnn") == "simple_cnn"
+    if hparams and simple_cnn and "input_hw" not in hparams and "feature_size" not in network:
+        out["network"] = {**network, "feature_size": 2}
     return out

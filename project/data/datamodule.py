@@ -167,6 +167,11 @@ class ImageDataModule(L.LightningDataModule):
         return self.source.preprocessing()
 
     @property
+    def declared_hw(self) -> tuple[int, int] | None:
+        """``input_hw`` when it is known without reading a file (what the network is built for)."""
+        return self.source.declared_hw
+
+    @property
     def resize_hw(self) -> tuple[int, int] | None:
         """What training images are resized to: only image folders with ``image_size`` set."""
         return self.source.resize_hw

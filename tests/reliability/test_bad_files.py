@@ -170,7 +170,7 @@ def test_bad_new_images_for_predict_stop_before_any_run_directory(tmp_path, caps
     images = make_image_folder(tmp_path / "images", CLASSES, per_class=4)
     new = make_image_folder(tmp_path / "new", ("x",), per_class=3)
     truncated_jpeg(new / "x" / "truncated.jpg")
-    model = ImageClassifier(num_classes=3, in_channels=3, class_names=CLASSES)
+    model = ImageClassifier(num_classes=3, in_channels=3, class_names=CLASSES, input_hw=(16, 16))  # image_size 16
     torch.save(checkpoint_of(model), tmp_path / "model.ckpt")
     args = ["predict", *FAST, *IMAGEFOLDER, f"--data.root={images}", f"--data.predict_root={new}"]
     args += ["--ckpt_path", str(tmp_path / "model.ckpt"), f"--predictions.output={tmp_path / 'p.csv'}"]

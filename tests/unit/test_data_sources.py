@@ -11,7 +11,6 @@ import pytest
 import torch
 from PIL import Image
 from sklearn.datasets import load_digits
-from torchvision import datasets as tvd
 from torchvision.transforms.v2.functional import pil_to_tensor
 
 from project.data import (
@@ -31,6 +30,7 @@ from project.data import (
     new_images,
     read_rgb,
 )
+from project.data.idx import IdxDataset
 from project.errors import ConfigError, UserPathError
 from tests.helpers import make_image_folder, write_image
 
@@ -219,7 +219,7 @@ def test_mnist_on_disk_is_read_without_the_network(tmp_path, monkeypatch):
     dm.setup("fit")
     assert probes == []
     assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (15, 5, 6)
-    assert isinstance(dm.test_set, tvd.MNIST) and not dm.test_set.train
+    assert isinstance(dm.test_set, IdxDataset)
     x, y = next(iter(dm.train_dataloader()))
     assert x.shape == (4, 1, 28, 28) and x.dtype == torch.float32 and dm.in_channels == 1
     expected = (dm.train_set[0][0] * 0.3081 + 0.1307) * 255
