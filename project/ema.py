@@ -9,6 +9,10 @@ saved in the same checkpoint layout (the average as ``state_dict``, the weights 
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from lightning.pytorch.callbacks import EMAWeightAveraging
 from torch import nn
@@ -41,8 +45,27 @@ class WeightEMA:
 
     @property
     def module(self) -> nn.Module:
-        """The averaged network, which validates."""
+        """The averaged network (its copy of the network's parameters and buffers)."""
         return self.averaged.module
+
+    @contextmanager
+    def swapped(self, net: nn.Module) -> Iterator[None]:
+        """Inside: ``net`` holds the average, and the average the weights being trained; as they were
+        after (Lightning's callback swaps them around validation the same way). ``net`` itself, not a
+        copy, validates: a compiled or distributed network runs as it trains."""
+        self._swap(net)
+        try:
+            yield
+        finally:
+            self._swap(net)
+
+    def _swap(self, net: nn.Module) -> None:
+        average = itertools.chain(self.module.parameters(), self.module.buffers())
+        with torch.no_grad():
+            for a, current in zip(average, itertools.chain(net.parameters(), net.buffers())):
+                held = a.clone()
+                a.copy_(current)
+                current.copy_(held)
 
     def update(self, net: nn.Module) -> None:
         """After an optimizer step."""

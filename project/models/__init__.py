@@ -32,6 +32,8 @@ def build_network(
     compile_mode: str | None = None,
     weights: str | None = None,
     feature_size: int = 7,
+    conv_layers: tuple[int, int] = (1, 1),
+    hidden: int = 128,
 ) -> nn.Module:
     """Build a classifier network, freshly initialised or from pretrained ``weights`` (``DEFAULT``, a
     torchvision weights name, or a .pth/.ckpt/.safetensors file) with a new head for ``num_classes``;
@@ -39,7 +41,8 @@ def build_network(
     if backbone.startswith(TIMM_PREFIX):
         net = build_timm_network(backbone.removeprefix(TIMM_PREFIX), num_classes, in_channels, dropout, weights)
     else:
-        net = _architecture(backbone, num_classes, in_channels, small_input_stem, dropout, feature_size)
+        shape = {"feature_size": feature_size, "conv_layers": conv_layers, "hidden": hidden}
+        net = _architecture(backbone, num_classes, in_channels, small_input_stem, dropout, shape)
         if weights is not None:
             _load_weights(net, backbone, weights, small_input_stem)
     if channels_last:
@@ -69,10 +72,10 @@ def _stem_name(net: nn.Module) -> str:
 
 
 def _architecture(
-    backbone: str, num_classes: int, in_channels: int, small_input_stem: bool, dropout: float, feature_size: int
+    backbone: str, num_classes: int, in_channels: int, small_input_stem: bool, dropout: float, shape: dict
 ):
     if backbone == "simple_cnn":
-        return SimpleCNN(num_classes, in_channels, dropout=dropout, feature_size=feature_size)
+        return SimpleCNN(num_classes, in_channels, dropout=dropout, **shape)
     if backbone not in torchvision.models.list_models(module=torchvision.models):
         raise ConfigError(
             f"Unknown backbone {backbone!r}: use 'simple_cnn', timm/<name> or a torchvision classification model "

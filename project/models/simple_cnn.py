@@ -3,17 +3,21 @@
 from torch import Tensor, nn
 
 
-def conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=False),
-        nn.BatchNorm2d(out_channels),
-        nn.ReLU(inplace=True),
-        nn.MaxPool2d(2),
-    )
+def conv_block(in_channels: int, out_channels: int, layers: int = 1) -> nn.Sequential:
+    """``layers`` x (Conv 3x3, BatchNorm, ReLU), then MaxPool 2x2."""
+    steps: list[nn.Module] = []
+    for i in range(layers):
+        steps += [
+            nn.Conv2d(in_channels if i == 0 else out_channels, out_channels, kernel_size=3, padding=1, bias=False),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True),
+        ]
+    return nn.Sequential(*steps, nn.MaxPool2d(2))
 
 
 class SimpleCNN(nn.Module):
-    """Conv-BN-ReLU-MaxPool blocks, then Dropout, Linear, ReLU, Dropout, Linear.
+    """Two blocks of ``conv_layers`` Conv-BN-ReLU and a MaxPool (``width`` then twice as many
+    channels), then Dropout, Linear (``hidden`` units), ReLU, Dropout, Linear.
 
     It has both BatchNorm and Dropout on purpose: they are the layers whose behaviour depends on
     ``model.train()`` / ``model.eval()``, which is what the equivalence suite checks.
@@ -24,18 +28,26 @@ class SimpleCNN(nn.Module):
     """
 
     def __init__(
-        self, num_classes: int, in_channels: int = 3, width: int = 32, dropout: float = 0.25, feature_size: int = 7
+        self,
+        num_classes: int,
+        in_channels: int = 3,
+        width: int = 32,
+        dropout: float = 0.25,
+        feature_size: int = 7,
+        conv_layers: tuple[int, int] = (1, 1),
+        hidden: int = 128,
     ):
         super().__init__()
-        self.features = nn.Sequential(conv_block(in_channels, width), conv_block(width, 2 * width))
+        first, second = conv_layers
+        self.features = nn.Sequential(conv_block(in_channels, width, first), conv_block(width, 2 * width, second))
         self.pool = nn.AdaptiveAvgPool2d(feature_size)  # 28 px -> 7 x 7 unchanged; 32 px -> 8 x 8 -> 7 x 7
         self.classifier = nn.Sequential(
             nn.Flatten(),
             nn.Dropout(dropout),
-            nn.Linear(2 * width * feature_size**2, 128),
+            nn.Linear(2 * width * feature_size**2, hidden),
             nn.ReLU(inplace=True),
             nn.Dropout(dropout),
-            nn.Linear(128, num_classes),
+            nn.Linear(hidden, num_classes),
         )
 
     def forward(self, x: Tensor) -> Tensor:

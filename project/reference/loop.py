@@ -15,6 +15,7 @@ enabled and a ``GradScaler(enabled=False)`` pass everything through unchanged.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import nullcontext
 from itertools import islice
 
 import torch
@@ -189,10 +190,10 @@ def fit(
         )
         val_results = None
         if (epoch + 1) % check_val_every_n_epoch == 0 and num_val_batches > 0:
-            validating = ema.module if ema is not None else model
-            val_results = evaluate(
-                validating, val_loader, criterion, device, val_metrics, num_batches=num_val_batches, precision=precision
-            )
+            with ema.swapped(model) if ema is not None else nullcontext():  # validate the average
+                val_results = evaluate(
+                    model, val_loader, criterion, device, val_metrics, num_batches=num_val_batches, precision=precision
+                )
             monitored = val_results
         if on_epoch_end is not None:  # before the epoch's scheduler step, as Lightning saves checkpoints
             on_epoch_end(epoch, train_results, val_results)

@@ -5,9 +5,11 @@ compared step by step on real runs (losses, tensors after every step, validation
 import pytest
 import torch
 
+from project.cli import TwinloopCLI
+from project.export import load_network
 from project.reference.config import load_run
 from tests.equivalence.test_equivalence import assert_equivalent, run_both
-from tests.helpers import EQUIV
+from tests.helpers import EQUIV, FAST
 
 EMA = ["--model.ema.decay=0.8", "--model.ema.every_n_steps=2", "--model.ema.start_step=3"]
 POLICY = ["--data.augmentation.policy=trivial_augment_wide", "--data.augmentation.random_erasing=0.5"]
@@ -86,3 +88,38 @@ def test_mixing_trains_on_class_probabilities(tmp_path):
     mixed_x, mixed_y = run.datamodule.mixer(x, y)
     assert mixed_y.shape == (len(y), 10) and torch.allclose(mixed_y.sum(1), torch.ones(len(y)))
     assert not torch.equal(mixed_x, x)
+
+
+@pytest.mark.parametrize("loop", ["lightning", "reference"])
+def test_the_best_checkpoint_holds_the_average_that_validated(loop, tmp_path):
+    """With EMA, the best checkpoint's state_dict is the average (not the weights trained, kept as
+    current_model_state), and validating it in either loop gives the best val/acc the run logged;
+    the export's network is that average (Lightning's checkpoints: the ones export takes)."""
+    args = [
+        *FAST,
+        *EMA,
+        "--trainer.max_epochs=2",
+        "--trainer.limit_train_batches=8",
+        "--model.pictures.every_n_epochs=0",
+    ]
+    if loop == "lightning":
+        cli = TwinloopCLI(args=["fit", *args, f"--trainer.default_root_dir={tmp_path}"])
+        best, score = (
+            cli.trainer.checkpoint_callback.best_model_path,
+            float(cli.trainer.checkpoint_callback.best_model_score),
+        )
+    else:
+        run = load_run(args, tmp_path)
+        run.trainer.fit(run.model, run.datamodule)
+        best, score = str(tmp_path / "checkpoints" / "best.ckpt"), run.trainer.callback_metrics["val/acc_best"]
+    checkpoint = torch.load(best, weights_only=True)
+    average, trained = checkpoint["state_dict"], checkpoint["current_model_state"]
+    assert average.keys() == trained.keys() and any(not torch.equal(average[k], trained[k]) for k in average)
+    lightning = TwinloopCLI(args=["validate", *args, "--ckpt_path", best]).trainer.callback_metrics
+    run = load_run(args)
+    reference = run.trainer.validate(run.model, run.datamodule, best)
+    assert float(lightning["val/acc"]) == reference["val/acc"] == score
+    if loop == "reference":
+        return  # `twinloop export` takes the checkpoints `twinloop fit` writes (with hyperparameters)
+    net, _ = load_network(best)
+    assert all(torch.equal(v, average[f"net.{k}"]) for k, v in net.state_dict().items())

@@ -237,3 +237,20 @@ def test_network_spec_passes_the_decay_options_on():
     spec = NetworkSpec(norm_weight_decay=0.0)
     net = spec.build(10, 1)
     assert [g["name"] for g in spec.optimizer_parameters(net)] == ["all", "all/norm"]
+
+
+def test_validation_swaps_the_average_in_and_back():
+    net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    ema = WeightEMA(net, EMASpec(decay=0.5))
+    ema.update(net)
+    with torch.no_grad():
+        net[0].weight.add_(1.0)
+        net[1].running_mean.add_(2.0)
+    ema.update(net)  # average = (copy + new) / 2
+    trained = {k: v.clone() for k, v in net.state_dict().items()}
+    average = {k: v.clone() for k, v in ema.module.state_dict().items()}
+    with ema.swapped(net):
+        assert all(torch.equal(v, average[k]) for k, v in net.state_dict().items())
+        assert torch.allclose(net[0].weight, trained["0.weight"] - 0.5)
+    assert all(torch.equal(v, trained[k]) for k, v in net.state_dict().items())
+    assert all(torch.equal(v, average[k]) for k, v in ema.module.state_dict().items())
