@@ -13,6 +13,8 @@ batch nor updated) even when the loop calls ``model.train()``: a forward pre-hoo
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
@@ -43,6 +45,7 @@ def optimizer_parameters(
     fine_tuning = freeze_backbone_epochs != 0 or backbone_lr_scale != 1.0
     if not fine_tuning and norm_weight_decay is None and bias_weight_decay is None:
         return list(net.parameters())
+    groups: list[dict[str, Any]]
     if fine_tuning:
         backbone, head = split_backbone(net)
         groups = [

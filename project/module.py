@@ -97,7 +97,9 @@ class ImageClassifier(L.LightningModule):
         )
         if scheduler is None:
             return optimizer
-        config = {"scheduler": scheduler, "interval": self.scheduler_interval, "monitor": self.monitor}
+        # LightningCLI's own ReduceLROnPlateau names its monitor; torch's takes model.monitor
+        monitor = getattr(scheduler, "monitor", self.monitor)
+        config = {"scheduler": scheduler, "interval": self.scheduler_interval, "monitor": monitor}
         return {"optimizer": optimizer, "lr_scheduler": config}
 
     def configure_callbacks(self):

@@ -36,8 +36,9 @@ class NetworkSpec:
         feature_size: ``simple_cnn`` pools its last feature map to this side before the head; null:
             from the input size, a quarter of its side up to 7 (a 28 px image's 7 x 7 map whole, an
             8 px digit's 2 x 2; 7 x 7 when the size is known only from the files).
-        conv_layers: ``simple_cnn``'s convolutions in its first and second block ([1, 2]: one at
-            full resolution, two at half).
+        conv_layers: ``simple_cnn``'s convolutions block by block, each block with twice the
+            channels of the one before; the first two end in a max-pool ([1, 2]: one convolution at
+            full resolution, two at half; [1, 2, 1]: and one more at a quarter).
         hidden: ``simple_cnn``'s hidden units between the feature map and the classes.
         norm_weight_decay: weight decay of the normalization layers' weights and biases (null: the
             optimizer's), as torchvision's ``--norm-weight-decay``; 0 is today's recipe.
@@ -53,7 +54,7 @@ class NetworkSpec:
     freeze_backbone_epochs: int = 0
     backbone_lr_scale: float = 1.0
     feature_size: int | None = None
-    conv_layers: tuple[int, int] = (1, 1)
+    conv_layers: tuple[int, ...] = (1, 1)
     hidden: int = 128
     norm_weight_decay: float | None = None
     bias_weight_decay: float | None = None

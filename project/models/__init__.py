@@ -32,7 +32,7 @@ def build_network(
     compile_mode: str | None = None,
     weights: str | None = None,
     feature_size: int = 7,
-    conv_layers: tuple[int, int] = (1, 1),
+    conv_layers: tuple[int, ...] = (1, 1),
     hidden: int = 128,
 ) -> nn.Module:
     """Build a classifier network, freshly initialised or from pretrained ``weights`` (``DEFAULT``, a

@@ -3,8 +3,8 @@
 from torch import Tensor, nn
 
 
-def conv_block(in_channels: int, out_channels: int, layers: int = 1) -> nn.Sequential:
-    """``layers`` x (Conv 3x3, BatchNorm, ReLU), then MaxPool 2x2."""
+def conv_block(in_channels: int, out_channels: int, layers: int = 1, pool: bool = True) -> nn.Sequential:
+    """``layers`` x (Conv 3x3, BatchNorm, ReLU), then MaxPool 2x2 if ``pool``."""
     steps: list[nn.Module] = []
     for i in range(layers):
         steps += [
@@ -12,12 +12,13 @@ def conv_block(in_channels: int, out_channels: int, layers: int = 1) -> nn.Seque
             nn.BatchNorm2d(out_channels),
             nn.ReLU(inplace=True),
         ]
-    return nn.Sequential(*steps, nn.MaxPool2d(2))
+    return nn.Sequential(*steps, *([nn.MaxPool2d(2)] if pool else []))
 
 
 class SimpleCNN(nn.Module):
-    """Two blocks of ``conv_layers`` Conv-BN-ReLU and a MaxPool (``width`` then twice as many
-    channels), then Dropout, Linear (``hidden`` units), ReLU, Dropout, Linear.
+    """Blocks of Conv-BN-ReLU (``conv_layers[i]`` of them in block i, with ``width`` x 2**i
+    channels), the first two each ending in a MaxPool and any further ones working on the map at a
+    quarter of the input's side; then Dropout, Linear (``hidden`` units), ReLU, Dropout, Linear.
 
     It has both BatchNorm and Dropout on purpose: they are the layers whose behaviour depends on
     ``model.train()`` / ``model.eval()``, which is what the equivalence suite checks.
@@ -34,17 +35,19 @@ class SimpleCNN(nn.Module):
         width: int = 32,
         dropout: float = 0.25,
         feature_size: int = 7,
-        conv_layers: tuple[int, int] = (1, 1),
+        conv_layers: tuple[int, ...] = (1, 1),
         hidden: int = 128,
     ):
         super().__init__()
-        first, second = conv_layers
-        self.features = nn.Sequential(conv_block(in_channels, width, first), conv_block(width, 2 * width, second))
+        channels = [in_channels] + [width * 2**i for i in range(len(conv_layers))]
+        self.features = nn.Sequential(
+            *(conv_block(channels[i], channels[i + 1], n, pool=i < 2) for i, n in enumerate(conv_layers))
+        )
         self.pool = nn.AdaptiveAvgPool2d(feature_size)  # 28 px -> 7 x 7 unchanged; 32 px -> 8 x 8 -> 7 x 7
         self.classifier = nn.Sequential(
             nn.Flatten(),
             nn.Dropout(dropout),
-            nn.Linear(2 * width * feature_size**2, hidden),
+            nn.Linear(channels[-1] * feature_size**2, hidden),
             nn.ReLU(inplace=True),
             nn.Dropout(dropout),
             nn.Linear(hidden, num_classes),

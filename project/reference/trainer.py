@@ -155,7 +155,7 @@ class ReferenceTrainer:
             scheduler=self.scheduler,
             scheduler_interval=model.scheduler_interval,
             check_val_every_n_epoch=s.check_val_every_n_epoch,
-            monitor=model.monitor,
+            monitor=getattr(self.scheduler, "monitor", model.monitor),
             ema=self.ema,
             on_epoch_end=self._on_epoch_end,
             scaler=loop.grad_scaler(s.device, s.precision),

@@ -51,7 +51,11 @@ class AccuracyLog:
         self.accuracies.append(float(trainer.callback_metrics["val/acc"]))
 
 
-@pytest.mark.parametrize("part", list(PARTS))
+# The other policies and the crop take the policy's path with other transforms: make test-slow runs them.
+SLOW = {"rand-augment", "auto-augment", "resized-crop", "warmup-steps"}
+
+
+@pytest.mark.parametrize("part", [pytest.param(p, marks=pytest.mark.slow) if p in SLOW else p for p in PARTS])
 def test_each_part_alone(part):
     assert_equivalent(run_both([*EQUIV, *PARTS[part]]), part)
 
