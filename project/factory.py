@@ -43,7 +43,7 @@ def build_optimization(
     scheduler_factory: SchedulerFactory | None,
     total_steps: int,
     warmup: WarmupSpec | None = None,
-    steps_per_epoch: int = 1,
+    epoch_steps: int = 1,
     interval: str = "epoch",
 ) -> tuple[Optimizer, LRScheduler | ReduceLROnPlateau | None]:
     """Optimizer and optional scheduler; ``total_steps`` fills in OneCycleLR when the config omits it.
@@ -51,12 +51,13 @@ def build_optimization(
     Parameter groups with an ``lr_scale`` (the backbone's when fine-tuning) get that fraction of the
     learning rate, and of OneCycleLR's ``max_lr``, before the scheduler reads them. A ``warmup``
     comes first (``SequentialLR``; alone without a scheduler), for its epochs or steps counted in
-    the scheduler's ``interval``, and the scheduler then starts from its own step 0."""
+    the scheduler's ``interval`` (an epoch is ``epoch_steps`` optimizer steps), and the scheduler
+    then starts from its own step 0."""
     optimizer = optimizer_factory(params)
     scales = [group.get("lr_scale", 1.0) for group in optimizer.param_groups]
     for group, scale in zip(optimizer.param_groups, scales):
         group["lr"] *= scale
-    warmup_steps = warmup_length(warmup, steps_per_epoch, interval) if warmup is not None else 0
+    warmup_steps = warmup_length(warmup, epoch_steps, interval) if warmup is not None else 0
     main = None
     if scheduler_factory is not None:
         extra: dict[str, int | list[float]] = {}
@@ -82,10 +83,10 @@ def build_optimization(
     return optimizer, SequentialLR(optimizer, [first, main], milestones=[warmup_steps])
 
 
-def warmup_length(warmup: WarmupSpec, steps_per_epoch: int, interval: str) -> int:
+def warmup_length(warmup: WarmupSpec, epoch_steps: int, interval: str) -> int:
     """The warm-up in scheduler steps: epochs, or optimizer steps when the scheduler steps per step."""
     if interval == "step":
-        return warmup.steps or warmup.epochs * steps_per_epoch
+        return warmup.steps or warmup.epochs * epoch_steps
     if warmup.steps:
         raise ConfigError(
             f"model.warmup.steps: {warmup.steps} steps of warm-up need model.scheduler_interval: step "
@@ -101,6 +102,11 @@ def needs_total_steps(scheduler_factory: SchedulerFactory) -> bool:
     return "total_steps" in arguments and arguments["total_steps"] is None and arguments.get("epochs") is None
 
 
+def steps_per_epoch(num_batches: int, accumulate_grad_batches: int) -> int:
+    """Optimizer steps in an epoch of ``num_batches``: a partial window at its end steps too."""
+    return -(-num_batches // accumulate_grad_batches)
+
+
 def stepping_batches(num_batches: int, accumulate_grad_batches: int, max_epochs: int) -> int:
     """Optimizer steps in a whole run, counted the way Lightning's ``estimated_stepping_batches`` does."""
-    return -(-num_batches // accumulate_grad_batches) * max(max_epochs, 1)
+    return steps_per_epoch(num_batches, accumulate_grad_batches) * max(max_epochs, 1)

@@ -16,7 +16,7 @@ from project import checkpoint_contract as contract
 from project.ema import ema_callback
 from project.epoch_report import report_epoch
 from project.errors import check_finite_loss
-from project.factory import build_criterion, build_optimization, default_optimizer
+from project.factory import build_criterion, build_optimization, default_optimizer, steps_per_epoch
 from project.finetuning import BackboneFreeze
 from project.metrics import StageMetrics, build_stage_metrics
 from project.monitoring import PictureLog
@@ -92,7 +92,7 @@ class ImageClassifier(L.LightningModule):
             self.scheduler_factory,
             int(total),
             self.warmup,
-            -(-int(self.trainer.num_training_batches) // self.trainer.accumulate_grad_batches),
+            steps_per_epoch(int(self.trainer.num_training_batches), self.trainer.accumulate_grad_batches),
             self.scheduler_interval,
         )
         if scheduler is None:

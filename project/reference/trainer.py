@@ -22,7 +22,7 @@ from project.data import ImageDataModule
 from project.ema import WeightEMA
 from project.epoch_report import report_epoch
 from project.errors import out_of_memory_hinted
-from project.factory import build_optimization, stepping_batches
+from project.factory import build_optimization, stepping_batches, steps_per_epoch
 from project.metrics import StageMetrics, build_stage_metrics
 from project.module import ImageClassifier
 from project.preemption import StopSignals, slurm_job_id
@@ -125,7 +125,7 @@ class ReferenceTrainer:
             model.scheduler_factory,
             self.estimated_stepping_batches,
             model.warmup,
-            -(-self.num_training_batches // s.accumulate_grad_batches),
+            steps_per_epoch(self.num_training_batches, s.accumulate_grad_batches),
             model.scheduler_interval,
         )
         self.optimizers = [optimizer]
