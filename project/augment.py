@@ -25,7 +25,19 @@ def crop_padding(hw: tuple[int, int] | None) -> int:
     return 4 if hw is None else max(1, min(hw) // 8)
 
 
-class RandomCropFlip:
+class SeededPart:
+    """A part that draws from its own ``generator``, whose state a checkpoint keeps."""
+
+    generator: torch.Generator
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+
+
+class RandomCropFlip(SeededPart):
     """Random crop with zero padding plus a random horizontal flip, per image."""
 
     def __init__(self, padding: int, flip: bool = True, seed: int = 0):
@@ -48,12 +60,6 @@ class RandomCropFlip:
         batch = torch.arange(b, device=x.device)[:, None, None, None]
         channel = torch.arange(c, device=x.device)[None, :, None, None]
         return padded[batch, channel, rows[:, None, :, None], cols[:, None, None, :]]
-
-    def state_dict(self) -> dict:
-        return {"generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.generator.set_state(state["generator"])
 
 
 @contextmanager
@@ -117,7 +123,7 @@ class AugmentSpec:
         return self.mixup_alpha > 0 or self.cutmix_alpha > 0
 
 
-class ImagePolicy:
+class ImagePolicy(SeededPart):
     """The per-image part of an ``AugmentSpec`` on a normalized batch: ``RandomResizedCrop`` and the
     policy on each image brought back to [0, 1], then ``RandomErasing`` on the normalized image (as
     torchvision's recipe erases after normalizing). Each image draws its own operations, from
@@ -145,14 +151,8 @@ class ImagePolicy:
                 x = torch.stack([self.erasing(image) for image in x])
         return x
 
-    def state_dict(self) -> dict:
-        return {"generator": self.generator.get_state()}
 
-    def load_state_dict(self, state: dict) -> None:
-        self.generator.set_state(state["generator"])
-
-
-class Mixer:
+class Mixer(SeededPart):
     """MixUp and CutMix of a training batch (``torchvision.transforms.v2``; one of the two per batch
     when both are on), drawn from ``generator``: (images, labels) -> (mixed images, the mixed class
     probabilities, which the cross-entropy takes as its target)."""
@@ -172,9 +172,3 @@ class Mixer:
             self._transform = both[0] if len(both) == 1 else v2.RandomChoice(both)
         with seeded(self.generator):
             return self._transform(x, y)
-
-    def state_dict(self) -> dict:
-        return {"generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.generator.set_state(state["generator"])

@@ -60,12 +60,16 @@ class WeightEMA:
             self._swap(net)
 
     def _swap(self, net: nn.Module) -> None:
-        average = itertools.chain(self.module.parameters(), self.module.buffers())
         with torch.no_grad():
-            for a, current in zip(average, itertools.chain(net.parameters(), net.buffers())):
-                held = a.clone()
-                a.copy_(current)
+            for average, current in self._pairs(net):
+                held = average.clone()
+                average.copy_(current)
                 current.copy_(held)
+
+    def _pairs(self, net: nn.Module) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(average, current) tensor pairs: parameters, then buffers, as the callback pairs them."""
+        average = itertools.chain(self.module.parameters(), self.module.buffers())
+        return zip(average, itertools.chain(net.parameters(), net.buffers()))
 
     def update(self, net: nn.Module) -> None:
         """After an optimizer step."""
@@ -76,8 +80,9 @@ class WeightEMA:
 
     def copy_to(self, net: nn.Module) -> None:
         """The average into ``net``, as the callback leaves the module at the end of training."""
-        for average, current in zip(self.module.state_dict().values(), net.state_dict().values()):
-            current.copy_(average)
+        with torch.no_grad():
+            for average, current in self._pairs(net):
+                current.copy_(average)
 
     def checkpoint(self, state: dict) -> dict:
         """``state`` (the reference's, in Lightning's layout) as the callback saves it."""
