@@ -25,8 +25,12 @@ from project.progress import stdout_is_terminal
 from project.runs import (
     check_checkpoint_fits_run,
     check_ckpt_path,
+    drop_csv_rows_from,
+    purge_tensorboard_from,
     resume_into_last_run,
     resume_named_run,
+    run_directory,
+    set_version,
     slurm_run_name,
 )
 from project.specs import grouped
@@ -43,6 +47,8 @@ TRAINER_DEFAULTS = {
 
 
 class TwinloopCLI(LightningCLI):
+    _purge_from: int | None = None  # a resumed run's step: what its loggers hold from it on is dropped
+
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("trainer_class", BatchLimitTrainer)
         kwargs.setdefault("trainer_defaults", TRAINER_DEFAULTS)
@@ -109,11 +115,13 @@ class TwinloopCLI(LightningCLI):
         # Logs and checkpoints go under trainer.default_root_dir when it is set, as with
         # Lightning's own default logger, unless the logger's save_dir was set too.
         trainer = config.trainer
-        logger = trainer.logger
-        if trainer.default_root_dir and isinstance(logger, Namespace) and logger.init_args.get("save_dir") == ".":
-            logger.init_args.save_dir = trainer.default_root_dir
-        if isinstance(logger, Namespace):
-            self._choose_run_directory(config, logger)
+        given = trainer.logger if isinstance(trainer.logger, list) else [trainer.logger]
+        loggers = [logger for logger in given if isinstance(logger, Namespace)]
+        for logger in loggers:
+            if trainer.default_root_dir and logger.init_args.get("save_dir") == ".":
+                logger.init_args.save_dir = trainer.default_root_dir
+        if loggers:
+            self._choose_run_directory(config, loggers)
         on_cpu = trainer.accelerator == "cpu" or (trainer.accelerator == "auto" and not torch.cuda.is_available())
         if trainer.sync_batchnorm and on_cpu:  # else each rank dies in DistributedDataParallel with a traceback
             raise ConfigError("trainer.sync_batchnorm=true: torch's SyncBatchNorm runs on GPUs only; set it to false")
@@ -125,20 +133,33 @@ class TwinloopCLI(LightningCLI):
         if self._named_weights is not None:
             config.model.network.weights = None
 
-    def _choose_run_directory(self, config: Namespace, logger: Namespace) -> None:
-        """A named run (``--run_name``, or the SLURM job's) logs into its own directory, and a fit
-        there resumes from its ``last.ckpt``; ``--ckpt_path last`` otherwise takes the newest version's."""
-        run_name = config.get("run_name") or (slurm_run_name() if logger.init_args.get("version") is None else None)
+    def _choose_run_directory(self, config: Namespace, loggers: list[Namespace]) -> None:
+        """A named run (``--run_name``, or the SLURM job's) logs into its own directory (the first
+        logger's holds the checkpoints; every logger takes the name), and a fit there resumes from its
+        ``last.ckpt``; ``--ckpt_path last`` otherwise takes the newest version's. A resumed run hides
+        what the interrupted one logged after its checkpoint, a new start in an old directory all of it."""
+        version = loggers[0].init_args.get("version")
+        run_name = config.get("run_name") or (slurm_run_name() if version is None else None)
         if run_name:
-            logger.init_args.version = run_name
+            set_version(loggers, run_name)
         if self.subcommand != "fit":
             return
+        resumed = None
         if run_name:
-            resumed = resume_named_run(logger, config.get("ckpt_path"))
-            if resumed is not None:
-                config.ckpt_path, self._user_checkpoint = resumed  # checked like any other
+            resumed = resume_named_run(loggers, config.get("ckpt_path"))
+            if resumed is None and config.get("ckpt_path") is None and run_directory(loggers[0]).exists():
+                self._purge_from = 0
         elif config.get("ckpt_path") == "last":
-            config.ckpt_path, self._user_checkpoint = resume_into_last_run(logger)  # checked like any other
+            resumed = resume_into_last_run(loggers)
+        if resumed is not None:
+            config.ckpt_path, self._user_checkpoint = resumed  # checked like any other
+            self._purge_from = resumed[1]["global_step"]
+        if self._purge_from is not None:
+            purge_tensorboard_from(loggers, self._purge_from)
+
+    def before_fit(self) -> None:
+        if self._purge_from is not None:
+            drop_csv_rows_from(self.trainer.loggers, self._purge_from)
 
     def instantiate_classes(self) -> None:
         super().instantiate_classes()

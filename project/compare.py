@@ -198,8 +198,11 @@ def main(argv: list[str] | None = None) -> int:
         "Other options are `twinloop` config options (-c CONFIG, --model.*, --data.*, --trainer.*).",
     )
     parser.add_argument("--report", help="write the comparison as JSON here")
-    parser.add_argument("--root", default="runs", help="log root: runs go to ROOT/NAME/{lightning,reference}")
-    parser.add_argument("--name", help="run name (default: the config's file name)")
+    parser.add_argument(
+        "--root",
+        help="log root: runs go to ROOT/NAME/{lightning,reference} (default: --trainer.default_root_dir, else runs)",
+    )
+    parser.add_argument("--name", "--run_name", help="run name (default: the config's file name)")
     parser.add_argument("--atol", type=float, default=1e-6, help="largest |Δ| still counted as equal")
     parser.add_argument(
         "--resume_reference",
@@ -216,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         return launch_on_this_node(argv, wanted, int(trainer.get("num_nodes") or 1))
     configs = [rest[i + 1] for i, a in enumerate(rest[:-1]) if a in ("-c", "--config")]
     configs += [a.split("=", 1)[1] for a in rest if a.startswith("--config=")]
-    root = Path(opts.root)
+    root = Path(opts.root or trainer.get("default_root_dir") or "runs")
     # (Under DDP only rank 0 writes: Lightning's logger and checkpoints, and the reference's, use its name.)
     if opts.name and (root / opts.name).exists() and processes.rank == 0:  # two runs' events in one folder would mix
         parser.error(f"--name {opts.name}: {root / opts.name} exists already; choose another name")

@@ -5,9 +5,15 @@ both use them."""
 
 from __future__ import annotations
 
+import csv
+import importlib
+import warnings
+from inspect import signature
 from pathlib import Path
 
 from jsonargparse import Namespace
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_only
 
 from project.checkpoint_io import check_class_names, check_state_dict_fits, read_checkpoint
 from project.errors import CheckpointError, UserPathError
@@ -51,18 +57,19 @@ def slurm_run_name() -> str | None:
     return f"slurm-{job}" if job else None
 
 
-def resume_named_run(logger: Namespace, ckpt_path: str | None) -> tuple[str, dict] | None:
-    """A run with a fixed directory (``--run_name`` or a SLURM job): ``--ckpt_path last`` resumes its
-    ``checkpoints/last.ckpt``. A new start in a directory without one (a start that died before its
-    first checkpoint) hides the old events from TensorBoard."""
+def resume_named_run(loggers: list[Namespace], ckpt_path: str | None) -> tuple[str, dict] | None:
+    """A run with a fixed directory (``--run_name`` or a SLURM job; the first logger's, which holds the
+    checkpoints, as in Lightning): ``--ckpt_path last`` resumes its ``checkpoints/last.ckpt``. A new
+    start in a directory without one (a start that died before its first checkpoint) hides the old
+    logs (``hide_logged_from``: the caller does it for loggers that are objects by then)."""
+    last = named_run_checkpoint(run_directory(loggers[0]), ckpt_path)
+    return resume_from(last, loggers) if last is not None else None
+
+
+def run_directory(logger: Namespace) -> Path:
+    """``<save_dir>/<name>/<version>`` of a logger given as a class path and its arguments."""
     args = logger.init_args
-    run = Path(args.get("save_dir") or ".") / (args.get("name") or "") / args.version
-    last = named_run_checkpoint(run, ckpt_path)
-    if last is not None:
-        return resume_from(last, logger)
-    if ckpt_path is None and run.exists():
-        logger.dict_kwargs = {**(logger.get("dict_kwargs") or {}), "purge_step": 0}
-    return None
+    return Path(args.get("save_dir") or ".") / (args.get("name") or "") / str(args.get("version"))
 
 
 def named_run_checkpoint(run: Path, ckpt_path: str | None) -> Path | None:
@@ -87,24 +94,57 @@ def newest_last_checkpoint(runs: Path) -> Path:
     return found[-1]
 
 
-def resume_into_last_run(logger: Namespace) -> tuple[str, dict]:
-    """``--ckpt_path last``: the newest ``last.ckpt`` of the run directory's versions, resumed into its
-    own version folder, with TensorBoard told to drop what the interrupted run logged after it.
+def resume_into_last_run(loggers: list[Namespace]) -> tuple[str, dict]:
+    """``--ckpt_path last``: the newest ``last.ckpt`` of the first logger's versions, resumed into its
+    own version folder (every logger takes that version), with what the interrupted run logged after
+    it hidden.
 
     (Lightning would look in a new version folder only, find nothing and start afresh.)
     """
-    runs = Path(logger.init_args.get("save_dir") or ".") / (logger.init_args.get("name") or "")
-    last = newest_last_checkpoint(runs)
-    logger.init_args.version = int(last.parent.parent.name.removeprefix("version_"))
-    return resume_from(last, logger)
+    args = loggers[0].init_args
+    last = newest_last_checkpoint(Path(args.get("save_dir") or ".") / (args.get("name") or ""))
+    set_version(loggers, int(last.parent.parent.name.removeprefix("version_")))
+    return resume_from(last, loggers)
 
 
-def resume_from(last: Path, logger: Namespace) -> tuple[str, dict]:
-    """Resume ``last`` into the logger's version folder, which holds it."""
+def resume_from(last: Path, loggers: list[Namespace]) -> tuple[str, dict]:
+    """Resume ``last`` into the first logger's version folder, which holds it."""
     checkpoint = check_ckpt_path(str(last))
     assert checkpoint is not None  # a file's path, which check_ckpt_path reads
-    steps = checkpoint["global_step"]
-    # TensorBoard hides the interrupted run's events from this step on: no step shows twice.
-    logger.dict_kwargs = {**(logger.get("dict_kwargs") or {}), "purge_step": steps}
-    print(f"resuming {last} (step {steps}) into {last.parent.parent}")
+    print(f"resuming {last} (step {checkpoint['global_step']}) into {last.parent.parent}")
     return str(last), checkpoint
+
+
+def set_version(loggers: list[Namespace], version: int | str) -> None:
+    """The run's version (a name or a number) for every logger that has one: they log side by side."""
+    for logger in loggers:
+        if "version" in signature(logger_class(logger)).parameters:
+            logger.init_args.version = version
+
+
+def logger_class(logger: Namespace) -> type:
+    module, _, name = logger.class_path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+def purge_tensorboard_from(loggers: list[Namespace], step: int) -> None:
+    """TensorBoard loggers hide the interrupted run's events from ``step`` on (``purge_step``): no
+    step shows twice. Other loggers are purged once they exist (``drop_csv_rows_from``)."""
+    for logger in loggers:
+        if issubclass(logger_class(logger), TensorBoardLogger):
+            logger.dict_kwargs = {**(logger.get("dict_kwargs") or {}), "purge_step": step}
+
+
+def drop_csv_rows_from(loggers: list, step: int) -> None:
+    """A CSV logger keeps the rows its run wrote before ``step`` and drops the later ones, which a
+    resumed run writes again. (Lightning's CSV writer deletes an existing ``metrics.csv`` when it
+    opens: the rows kept are handed to it to write first.) Rank 0 only, as the logger writes."""
+    for logger in loggers:
+        if not isinstance(logger, CSVLogger) or getattr(rank_zero_only, "rank", 0) != 0:
+            continue
+        path = Path(logger.log_dir) / "metrics.csv"
+        rows = list(csv.DictReader(path.open(newline=""))) if path.is_file() else []
+        with warnings.catch_warnings():  # "previous log files ... will be deleted": the rows are kept
+            warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
+            writer = logger.experiment
+        writer.metrics = [row for row in rows if int(row["step"]) < step] + writer.metrics

@@ -167,12 +167,17 @@ def test_planted_skipped_zero_grad_is_caught(monkeypatch, capsys, tmp_path):
     assert '"equivalent": false' in report.read_text()
 
 
-def test_compare_cli_passes_and_logs_side_by_side(capsys):
-    """twinloop-compare exits 0 on an equivalent pair and logs both runs under ROOT/NAME/."""
-    assert compare.main([*EQUIV, "--name=pair", "--trainer.max_epochs=1"]) == 0
+def test_compare_cli_passes_and_logs_side_by_side(capsys, tmp_path):
+    """twinloop-compare exits 0 on an equivalent pair and logs both runs under ROOT/NAME/: ROOT is
+    --trainer.default_root_dir and NAME --run_name, as for `twinloop fit`."""
+    root = tmp_path / "elsewhere"
+    args = [*EQUIV, "--run_name=pair", "--trainer.max_epochs=1", f"--trainer.default_root_dir={root}"]
+    assert compare.main(args) == 0
     assert "EQUIVALENT" in capsys.readouterr().out
     for side in ("lightning", "reference"):
-        assert list(Path("runs/pair", side).glob("events.out.tfevents.*"))
+        assert list((root / "pair" / side).glob("events.out.tfevents.*"))
+    assert (root / "pair" / "lightning" / "checkpoints" / "last.ckpt").is_file()
+    assert not Path("runs").exists()
 
 
 def test_reference_refuses_unsupported_trainer_keys():

@@ -1,0 +1,84 @@
+"""Any logger Lightning ships, through a kill -9 and a restart: a CSV logger, and TensorBoard with a
+CSV logger at once. The resumed run's logs are the uninterrupted run's, each step once in each."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from tests.helpers import FAST, REPO
+
+RUN = [
+    *FAST,
+    "--data.augment=true",
+    "--model.network.dropout=0.5",
+    "--trainer.max_epochs=3",
+    "--trainer.limit_train_batches=16",
+    "--trainer.log_every_n_steps=1",
+    "--model.pictures.every_n_epochs=0",
+]
+CSV = {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "logs"}}
+TENSORBOARD = {"class_path": "lightning.pytorch.loggers.TensorBoardLogger", "init_args": {"save_dir": "logs"}}
+LOGGERS = {
+    # (the loggers, how the restart finds its run, the run's directory under the root)
+    "csv": ([CSV], ["--ckpt_path=last"], "logs/lightning_logs/version_0"),
+    "tensorboard+csv": ([TENSORBOARD, CSV], ["--run_name=r", "--ckpt_path=last"], "logs/lightning_logs/r"),
+}
+
+
+def twinloop(root: Path, args: list[str], **kwargs) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    root.mkdir(exist_ok=True)
+    return subprocess.Popen([sys.executable, "-m", "project", "fit", *args], cwd=root, env=env, text=True, **kwargs)
+
+
+def rows(run: Path) -> list[dict[str, str]]:
+    path = run / "metrics.csv"
+    return list(csv.DictReader(path.open(newline=""))) if path.is_file() else []
+
+
+def logged_steps(run: Path) -> list[int]:
+    return [int(row["step"]) for row in rows(run) if row.get("train/loss")]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", LOGGERS)
+def test_kill_9_and_restart_log_each_step_once_in_each_logger(case, tmp_path):
+    """SIGKILL two steps into epoch 1, after the CSV file shows them; the restart resumes from the
+    epoch-0 checkpoint (step 16, said on stdout: not from step 0), drops the rows and events logged
+    after it, and ends with the uninterrupted run's weights and the same metrics.csv, row for row."""
+    loggers, restart, run_dir = LOGGERS[case]
+    logger_args = [f"--trainer.logger={json.dumps(loggers)}", *restart[:-1]]
+    full = twinloop(tmp_path / "full", [*RUN, *logger_args])
+    victim = twinloop(tmp_path / "cut", [*RUN, *logger_args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cut = tmp_path / "cut" / run_dir
+    deadline = time.monotonic() + 120
+    while max(logged_steps(cut), default=-1) < 18 and victim.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    assert victim.returncode == -signal.SIGKILL
+    resume_step = torch.load(cut / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+    assert resume_step == 16 and max(logged_steps(cut)) >= 18  # rows after the checkpoint, to be dropped
+    resumed = twinloop(tmp_path / "cut", [*RUN, *logger_args, restart[-1]], stdout=subprocess.PIPE)
+    out, _ = resumed.communicate(timeout=180)
+    assert full.wait(timeout=180) == 0 and resumed.returncode == 0
+    assert f"resuming {run_dir}/checkpoints/last.ckpt (step 16)" in out
+    uninterrupted = tmp_path / "full" / run_dir
+    a = torch.load(uninterrupted / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    b = torch.load(cut / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert logged_steps(cut) == list(range(48))  # each step once, in order
+    assert rows(cut) == rows(uninterrupted)  # every value, the validation rows too
+    if any(logger is TENSORBOARD for logger in loggers):
+        events = EventAccumulator(str(cut))
+        events.Reload()
+        assert [e.step for e in events.Scalars("train/loss")] == list(range(48))
