@@ -52,6 +52,14 @@ PRECISIONS = {
 }
 # Config groups of Lightning callbacks that the reference loop mirrors only at their defaults.
 CALLBACK_GROUPS = ("checkpoint", "last_checkpoint", "lr_monitor")
+# What a refusal lists as what the reference can mirror instead.
+MIRRORED = (
+    "trainer."
+    + ", trainer.".join(sorted(HONOURED_TRAINER_KEYS - {"logger"}))
+    + "; trainer.logger with one TensorBoardLogger; "
+    + ", ".join(CALLBACK_GROUPS)
+    + " at their defaults; preemption; the model.* and data.* options. No other trainer.callbacks."
+)
 
 
 @dataclass
@@ -261,7 +269,8 @@ def refuse_unsupported(config: dict, defaults: dict) -> None:
         raise ConfigError(
             "The reference loop does not implement these settings, so it cannot match Lightning: "
             + ", ".join(sorted(unsupported))
-            + ". Remove them from the config to compare."
+            + ". Remove them from the config to compare. It mirrors: "
+            + MIRRORED
         )
 
 

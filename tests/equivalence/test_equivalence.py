@@ -186,6 +186,20 @@ def test_reference_refuses_unsupported_trainer_keys():
         load_run(["--trainer.max_steps=5"])
 
 
+def test_a_callback_the_reference_cannot_mirror_is_refused_with_what_it_can(tmp_path):
+    """A user callback is refused by name before any work (no run directory), and the refusal lists
+    the options the reference mirrors."""
+    callback = '{"class_path": "lightning.pytorch.callbacks.StochasticWeightAveraging", "init_args": {"swa_lrs": 0.1}}'
+    root = tmp_path / "runs"
+    with pytest.raises(ConfigError) as refused:
+        load_run([f"--trainer.callbacks=[{callback}]", f"--trainer.default_root_dir={root}"])
+    message = str(refused.value)
+    assert "trainer.callbacks=" in message and "StochasticWeightAveraging" in message
+    assert "It mirrors: trainer.accelerator" in message and "trainer.max_epochs" in message
+    assert "TensorBoardLogger" in message and "No other trainer.callbacks" in message
+    assert not root.exists()
+
+
 def test_checkpoint_cross_validation():
     """A Lightning checkpoint validated by both loops gives the same val/loss and val/acc."""
     cli = TwinloopCLI(args=["fit", *FAST, "--trainer.max_epochs=2", "--trainer.limit_train_batches=8"])
