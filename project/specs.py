@@ -40,6 +40,8 @@ class NetworkSpec:
             channels of the one before; the first two end in a max-pool ([1, 2]: one convolution at
             full resolution, two at half; [1, 2, 1]: and one more at a quarter).
         hidden: ``simple_cnn``'s hidden units between the feature map and the classes.
+        feature_dropout: ``simple_cnn``'s dropout rate on the flattened feature map, before the
+            hidden layer (null: ``dropout``; 0: none, and no random draw for it).
         norm_weight_decay: weight decay of the normalization layers' weights and biases (null: the
             optimizer's), as torchvision's ``--norm-weight-decay``; 0 is today's recipe.
         bias_weight_decay: weight decay of the other layers' biases (null: the optimizer's).
@@ -56,6 +58,7 @@ class NetworkSpec:
     feature_size: int | None = None
     conv_layers: tuple[int, ...] = (1, 1)
     hidden: int = 128
+    feature_dropout: float | None = None
     norm_weight_decay: float | None = None
     bias_weight_decay: float | None = None
 
@@ -75,6 +78,7 @@ class NetworkSpec:
             feature_size,
             self.conv_layers,
             self.hidden,
+            self.feature_dropout,
         )
 
     def optimizer_parameters(self, net: nn.Module) -> list:

@@ -34,6 +34,7 @@ def build_network(
     feature_size: int = 7,
     conv_layers: tuple[int, ...] = (1, 1),
     hidden: int = 128,
+    feature_dropout: float | None = None,
 ) -> nn.Module:
     """Build a classifier network, freshly initialised or from pretrained ``weights`` (``DEFAULT``, a
     torchvision weights name, or a .pth/.ckpt/.safetensors file) with a new head for ``num_classes``;
@@ -42,6 +43,7 @@ def build_network(
         net = build_timm_network(backbone.removeprefix(TIMM_PREFIX), num_classes, in_channels, dropout, weights)
     else:
         shape = {"feature_size": feature_size, "conv_layers": conv_layers, "hidden": hidden}
+        shape |= {"feature_dropout": feature_dropout}
         net = _architecture(backbone, num_classes, in_channels, small_input_stem, dropout, shape)
         if weights is not None:
             _load_weights(net, backbone, weights, small_input_stem)

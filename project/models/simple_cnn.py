@@ -18,7 +18,8 @@ def conv_block(in_channels: int, out_channels: int, layers: int = 1, pool: bool 
 class SimpleCNN(nn.Module):
     """Blocks of Conv-BN-ReLU (``conv_layers[i]`` of them in block i, with ``width`` x 2**i
     channels), the first two each ending in a MaxPool and any further ones working on the map at a
-    quarter of the input's side; then Dropout, Linear (``hidden`` units), ReLU, Dropout, Linear.
+    quarter of the input's side; then Dropout (``feature_dropout``, by default ``dropout``), Linear
+    (``hidden`` units), ReLU, Dropout, Linear.
 
     It has both BatchNorm and Dropout on purpose: they are the layers whose behaviour depends on
     ``model.train()`` / ``model.eval()``, which is what the equivalence suite checks.
@@ -37,8 +38,10 @@ class SimpleCNN(nn.Module):
         feature_size: int = 7,
         conv_layers: tuple[int, ...] = (1, 1),
         hidden: int = 128,
+        feature_dropout: float | None = None,
     ):
         super().__init__()
+        feature_dropout = dropout if feature_dropout is None else feature_dropout
         channels = [in_channels] + [width * 2**i for i in range(len(conv_layers))]
         self.features = nn.Sequential(
             *(conv_block(channels[i], channels[i + 1], n, pool=i < 2) for i, n in enumerate(conv_layers))
@@ -46,7 +49,7 @@ class SimpleCNN(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(feature_size)  # 28 px -> 7 x 7 unchanged; 32 px -> 8 x 8 -> 7 x 7
         self.classifier = nn.Sequential(
             nn.Flatten(),
-            nn.Dropout(dropout),
+            nn.Dropout(feature_dropout) if feature_dropout > 0 else nn.Identity(),  # no draw at 0
             nn.Linear(channels[-1] * feature_size**2, hidden),
             nn.ReLU(inplace=True),
             nn.Dropout(dropout),

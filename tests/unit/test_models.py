@@ -14,6 +14,23 @@ def test_simple_cnn_has_batchnorm_and_dropout():
     assert nn.Dropout in kinds
 
 
+def test_feature_dropout_zero_drops_nothing_and_draws_nothing():
+    """``feature_dropout: 0`` leaves the flattened features as they are, draws no random number for
+    them, and keeps the state_dict keys (a checkpoint of either loads into the other); the head's
+    second Dropout still drops at ``dropout``. Checked by hand against the layers run one by one."""
+    default = SimpleCNN(num_classes=10, in_channels=1, dropout=0.5)
+    without = SimpleCNN(num_classes=10, in_channels=1, dropout=0.5, feature_dropout=0.0)
+    assert default.state_dict().keys() == without.state_dict().keys()
+    without.load_state_dict(default.state_dict())
+    x = torch.randn(4, 1, 28, 28)
+    torch.manual_seed(0)
+    out = without.train()(x)
+    flat, (linear, relu, drop, last) = without.pool(without.features(x)).flatten(1), without.classifier[2:]
+    torch.manual_seed(0)  # the only draw is the second Dropout's mask
+    assert torch.equal(out, last(drop(relu(linear(flat)))))
+    assert drop.p == 0.5 and isinstance(without.classifier[1], nn.Identity)
+
+
 @pytest.mark.parametrize("size", [8, 28, 32])
 def test_simple_cnn_fits_every_input_size(size):
     """8 px digits, 28 px MNIST and 32 px CIFAR all give (B, num_classes) logits."""
