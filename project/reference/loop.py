@@ -156,7 +156,7 @@ def fit(
     check_val_every_n_epoch: int = 1,
     monitor: str = "val/loss",
     ema: WeightEMA | None = None,
-    on_epoch_end: Callable[[int, dict, dict | None], None] | None = None,
+    on_epoch_end: Callable[[int, dict, dict | None], bool] | None = None,
     **train_options,
 ) -> None:
     """Train epochs ``first_epoch`` (0 unless resuming; from its batch ``first_batch``) to
@@ -166,8 +166,9 @@ def fit(
     ``monitor`` value.
 
     ``on_epoch_end(epoch, train_results, val_results_or_None)`` is where the caller logs and saves
-    checkpoints. ``train_options`` (accumulation, clipping, scaler, augmentation, ``on_step``) go
-    to ``train_one_epoch`` as they are.
+    checkpoints; it returns True to stop training after this epoch (early stopping).
+    ``train_options`` (accumulation, clipping, scaler, augmentation, ``on_step``) go to
+    ``train_one_epoch`` as they are.
     """
     model.to(device)
     monitored: dict = {}
@@ -195,12 +196,14 @@ def fit(
                     model, val_loader, criterion, device, val_metrics, num_batches=num_val_batches, precision=precision
                 )
             monitored = val_results
-        if on_epoch_end is not None:  # before the epoch's scheduler step, as Lightning saves checkpoints
-            on_epoch_end(epoch, train_results, val_results)
+        # before the epoch's scheduler step, as Lightning saves checkpoints
+        stop = on_epoch_end is not None and on_epoch_end(epoch, train_results, val_results)
         if isinstance(scheduler, ReduceLROnPlateau):
             scheduler.step(plateau_value(monitored, monitor))
         elif scheduler is not None and scheduler_interval == "epoch":
             scheduler.step()
+        if stop:
+            break
     if ema is not None:
         ema.copy_to(model)  # training ends with the averaged weights, as Lightning's callback leaves them
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from project.errors import ConfigError
+from project.reference.early_stopping import EARLY_STOPPING, EarlyStop
 
 # Trainer keys the reference loop carries out. Any other key must keep its default.
 HONOURED_TRAINER_KEYS = {
@@ -35,6 +36,7 @@ HONOURED_TRAINER_KEYS = {
     "enable_progress_bar",
     "enable_model_summary",
     "logger",
+    "callbacks",  # EarlyStopping only, by the same rule (early_stopping.py); any other is refused
     "enable_checkpointing",
     # several processes: torchrun starts them, the reference checks that they are what these say
     "strategy",
@@ -55,8 +57,8 @@ CALLBACK_GROUPS = ("checkpoint", "last_checkpoint", "lr_monitor")
 # What a refusal lists as what the reference can mirror instead.
 MIRRORED = (
     "trainer."
-    + ", trainer.".join(sorted(HONOURED_TRAINER_KEYS - {"logger"}))
-    + "; trainer.logger with one TensorBoardLogger; "
+    + ", trainer.".join(sorted(HONOURED_TRAINER_KEYS - {"logger", "callbacks"}))
+    + "; trainer.logger with one TensorBoardLogger; trainer.callbacks with EarlyStopping; "
     + ", ".join(CALLBACK_GROUPS)
     + " at their defaults; preemption; the model.* and data.* options. No other trainer.callbacks."
 )
@@ -84,6 +86,7 @@ class TrainerSettings:
     log_root: Path = Path("lightning_logs")  # the TensorBoard logger's save_dir / name
     processes: Processes = field(default_factory=lambda: Processes())
     sync_batchnorm: bool = False
+    early_stopping: dict | None = None  # the EarlyStopping callback's arguments, checked
 
     @classmethod
     def from_config(cls, trainer: dict, env: Mapping[str, str] = os.environ) -> TrainerSettings:
@@ -116,6 +119,7 @@ class TrainerSettings:
             log_root=Path(logger_args.get("save_dir") or ".") / (logger_args.get("name") or ""),
             processes=processes,
             sync_batchnorm=sync_batchnorm,
+            early_stopping=read_early_stopping(trainer),
         )
 
 
@@ -262,6 +266,7 @@ def refuse_unsupported(config: dict, defaults: dict) -> None:
     ]
     for group in CALLBACK_GROUPS:
         unsupported += [f"{group}.{k}={v!r}" for k, v in config[group].items() if v != defaults[group].get(k)]
+    unsupported += [f"trainer.callbacks={c!r}" for c in user_callbacks(config["trainer"]) if not is_early_stopping(c)]
     logger = config["trainer"].get("logger")
     if not (isinstance(logger, dict) and logger.get("class_path", "").endswith("TensorBoardLogger")):
         unsupported.append(f"trainer.logger={logger!r} (the reference loop logs to TensorBoard)")
@@ -272,6 +277,30 @@ def refuse_unsupported(config: dict, defaults: dict) -> None:
             + ". Remove them from the config to compare. It mirrors: "
             + MIRRORED
         )
+
+
+def user_callbacks(trainer: dict) -> list:
+    """``trainer.callbacks`` as a list (it may be one callback, or none)."""
+    given = trainer.get("callbacks") or []
+    return given if isinstance(given, list) else [given]
+
+
+def is_early_stopping(callback) -> bool:
+    return isinstance(callback, dict) and callback.get("class_path") == EARLY_STOPPING
+
+
+def read_early_stopping(trainer: dict) -> dict | None:
+    """The arguments of the config's ``EarlyStopping`` callback (at most one), checked, or None."""
+    found = [c for c in user_callbacks(trainer) if is_early_stopping(c)]
+    if len(found) > 1:
+        raise ConfigError("trainer.callbacks: more than one EarlyStopping; the reference loop mirrors one")
+    if found and trainer.get("limit_val_batches") == 0:
+        raise ConfigError("trainer.callbacks: EarlyStopping with trainer.limit_val_batches=0 has nothing to monitor")
+    if not found:
+        return None
+    init_args = found[0].get("init_args") or {}
+    EarlyStop.from_config(init_args)  # refused here, before any work, if it cannot be mirrored
+    return init_args
 
 
 def configure_determinism(settings: TrainerSettings) -> None:

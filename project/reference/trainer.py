@@ -28,6 +28,7 @@ from project.module import ImageClassifier
 from project.preemption import StopSignals, slurm_job_id
 from project.reference import loop
 from project.reference.distributed import EpochShuffled, data_parallel, init_process_group, reseed
+from project.reference.early_stopping import EarlyStop
 from project.reference.logger import ReferenceLogger, closed_on_error, next_version_dir
 from project.reference.progress import ReferenceProgress
 from project.reference.settings import TrainerSettings, configure_determinism, count_batches
@@ -130,6 +131,8 @@ class ReferenceTrainer:
         )
         self.optimizers = [optimizer]
         self.ema = WeightEMA(model.net, model.ema) if model.ema.decay is not None else None
+        stopping = s.early_stopping
+        self.early_stopping = EarlyStop.from_config(stopping) if stopping is not None else None
         self.train_metrics, self.val_metrics = (self._metrics(stage, model) for stage in ("train", "val"))
         self.logger = self._logger(model, self.datamodule, purge_step=checkpoint["global_step"] if checkpoint else None)
         self.logger.log_hparams(self.hparams)
@@ -172,10 +175,10 @@ class ReferenceTrainer:
         self.logger.on_step(loss)
         self.progress.on_step(self.logger.steps, self.logger.epoch, loss)
 
-    def _on_epoch_end(self, epoch: int, train_results: dict, val_results: dict | None) -> None:
+    def _on_epoch_end(self, epoch: int, train_results: dict, val_results: dict | None) -> bool:
         """What follows each epoch, as Lightning's hooks and callbacks do it: the epoch report (loss
-        check and best score), logging, the callbacks, the epoch's line, and the checkpoints (before
-        the epoch's scheduler step)."""
+        check and best score), logging, the callbacks, the epoch's line, the best checkpoint, early
+        stopping and ``last.ckpt`` (before the epoch's scheduler step). True: training stops here."""
         report = None
         if val_results is not None:
             report = report_epoch(self.val_metrics, epoch, self.model.class_names, self.logger.drawing)
@@ -186,14 +189,16 @@ class ReferenceTrainer:
             self._call("on_validation_end", self.model)
         if self.is_global_zero:  # the other ranks hold the same state: rank 0 reports and saves it
             self.progress.on_epoch_end(epoch, self.logger.steps, shown)
-            if self.settings.enable_checkpointing:
-                state = self._state(epoch)
-                self._save(state, "last.ckpt")
-                if report is not None and report.improved:  # a tie keeps the earlier best, as Lightning's
-                    self._save(state, "best.ckpt")
+            if self.settings.enable_checkpointing and report is not None and report.improved:
+                self._save(self._state(epoch), "best.ckpt")  # a tie keeps the earlier best, as Lightning's
+        stopping = self.early_stopping if report is not None else None
+        stop = stopping is not None and stopping.check(self.callback_metrics, epoch)
+        if self.is_global_zero and self.settings.enable_checkpointing:
+            self._save(self._state(epoch), "last.ckpt")  # with the early-stopping count, as Lightning's
         self.model.backbone_freeze.set_epoch(epoch + 1)
         if epoch + 1 < self.settings.max_epochs and self.stop.asked():
             self.stop.stop(f"after epoch {epoch}")
+        return stop
 
     def _state(self, epoch: int | None = None) -> dict:
         """A checkpoint of the run now: Lightning's layout and the contract's extras."""
@@ -204,6 +209,9 @@ class ReferenceTrainer:
         )
         if self.ema is not None:
             state = self.ema.checkpoint(state)
+        if self.early_stopping is not None:
+            stopping = {self.early_stopping.state_key: self.early_stopping.state_dict()}
+            state["callbacks"] = {**state.get("callbacks", {}), **stopping}
         return {**state, **contract.capture_extras(model.class_names, self.val_metrics, self.train_metrics, datamodule)}
 
     def _resume(self, checkpoint: dict) -> contract.ResumePoint:
@@ -219,6 +227,8 @@ class ReferenceTrainer:
                 self.scheduler.step()
         if self.ema is not None:
             self.ema.restore(checkpoint)
+        if self.early_stopping is not None and self.early_stopping.state_key in checkpoint.get("callbacks", {}):
+            self.early_stopping.load_state_dict(checkpoint["callbacks"][self.early_stopping.state_key])
         self.datamodule.load_state_dict(checkpoint.get(type(self.datamodule).__qualname__, {}))
         start = contract.resume_point(checkpoint, self.datamodule, self.settings.processes.world_size)
         self.logger.steps, self.logger.epoch = start.step, start.epoch
