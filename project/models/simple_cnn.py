@@ -1,6 +1,8 @@
 """The classic tutorial convolutional network, as a pure ``nn.Module``."""
 
+import torch
 from torch import Tensor, nn
+from torch.nn.modules.utils import _pair
 
 
 def conv_block(in_channels: int, out_channels: int, layers: int = 1, pool: bool = True) -> nn.Sequential:
@@ -13,6 +15,33 @@ def conv_block(in_channels: int, out_channels: int, layers: int = 1, pool: bool 
             nn.ReLU(inplace=True),
         ]
     return nn.Sequential(*steps, *([nn.MaxPool2d(2)] if pool else []))
+
+
+def pooling_matrix(size_in: int, size_out: int, like: Tensor) -> Tensor:
+    """(size_out, size_in): row i averages the inputs of adaptive pooling's window i, which runs
+    from floor(i * size_in / size_out) to ceil((i + 1) * size_in / size_out)."""
+    matrix = torch.zeros(size_out, size_in, dtype=like.dtype, device=like.device)
+    for i in range(size_out):
+        start, end = i * size_in // size_out, -(-(i + 1) * size_in // size_out)
+        matrix[i, start:end] = 1.0 / (end - start)
+    return matrix
+
+
+def adaptive_avg_pool_by_matrices(x: Tensor, size: tuple[int, int]) -> Tensor:
+    """Adaptive average pooling of (..., H, W) to ``size`` as two matrix products."""
+    rows, cols = (pooling_matrix(n, m, x) for n, m in zip(x.shape[-2:], size))
+    return rows @ x @ cols.T
+
+
+class AdaptiveAvgPool(nn.AdaptiveAvgPool2d):
+    """``nn.AdaptiveAvgPool2d``, but on CUDA under ``torch.use_deterministic_algorithms`` the same
+    averages as two matrix products: CUDA's adaptive pooling adds its gradient with atomics, and
+    deterministic mode refuses it (digits' 2 x 2 map pooled to 7 x 7 has overlapping windows)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.is_cuda and torch.are_deterministic_algorithms_enabled():
+            return adaptive_avg_pool_by_matrices(x, _pair(self.output_size))
+        return super().forward(x)
 
 
 class SimpleCNN(nn.Module):
@@ -46,7 +75,7 @@ class SimpleCNN(nn.Module):
         self.features = nn.Sequential(
             *(conv_block(channels[i], channels[i + 1], n, pool=i < 2) for i, n in enumerate(conv_layers))
         )
-        self.pool = nn.AdaptiveAvgPool2d(feature_size)  # 28 px -> 7 x 7 unchanged; 32 px -> 8 x 8 -> 7 x 7
+        self.pool = AdaptiveAvgPool(feature_size)  # 28 px -> 7 x 7 unchanged; 32 px -> 8 x 8 -> 7 x 7
         self.classifier = nn.Sequential(
             nn.Flatten(),
             nn.Dropout(feature_dropout) if feature_dropout > 0 else nn.Identity(),  # no draw at 0

@@ -9,12 +9,13 @@ import os
 import sys
 from pathlib import Path
 
-import nbformat
 import pytest
-from jupyter_client.manager import AsyncKernelManager
-from nbclient import NotebookClient
 
-from tests.helpers import REPO
+nbformat = pytest.importorskip("nbformat", reason="the notebook tests need nbformat, nbclient and jupyter_client")
+from jupyter_client.manager import AsyncKernelManager  # noqa: E402
+from nbclient import NotebookClient  # noqa: E402
+
+from tests.helpers import REPO  # noqa: E402
 
 NOTEBOOK_DIR = REPO / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))

@@ -4,6 +4,7 @@ from torch import nn
 
 from project.errors import ConfigError
 from project.models import SimpleCNN, build_network
+from project.models.simple_cnn import AdaptiveAvgPool, adaptive_avg_pool_by_matrices
 
 
 def test_simple_cnn_has_batchnorm_and_dropout():
@@ -35,6 +36,40 @@ def test_feature_dropout_zero_drops_nothing_and_draws_nothing():
 def test_simple_cnn_fits_every_input_size(size):
     """8 px digits, 28 px MNIST and 32 px CIFAR all give (B, num_classes) logits."""
     assert SimpleCNN(num_classes=7, in_channels=3)(torch.randn(2, 3, size, size)).shape == (2, 7)
+
+
+SIZES = [((2, 2), (7, 7)), ((8, 8), (7, 7)), ((7, 7), (7, 7)), ((5, 9), (3, 4))]
+
+
+@pytest.mark.parametrize(("size_in", "size_out"), SIZES)
+def test_pooling_by_matrices_is_adaptive_average_pooling(size_in, size_out):
+    """The deterministic CUDA form of the pooling (two matrix products) gives PyTorch's adaptive
+    average pooling and its gradient, overlapping windows (2 -> 7) and uneven ones (5 -> 3) too."""
+    x = torch.randn(2, 3, *size_in, dtype=torch.float64, requires_grad=True)
+    weights = torch.randn(2, 3, *size_out, dtype=torch.float64)
+    by_matrices = adaptive_avg_pool_by_matrices(x, size_out)
+    (grad_matrices,) = torch.autograd.grad((by_matrices * weights).sum(), x)
+    expected = nn.functional.adaptive_avg_pool2d(x, size_out)
+    (grad_expected,) = torch.autograd.grad((expected * weights).sum(), x)
+    torch.testing.assert_close(by_matrices, expected, rtol=0, atol=1e-12)
+    torch.testing.assert_close(grad_matrices, grad_expected, rtol=0, atol=1e-12)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_pooling_has_a_deterministic_backward_on_cuda(monkeypatch):
+    """Under deterministic algorithms on CUDA, the network's pooling runs forward and backward
+    (CUDA's own adaptive pooling backward is refused there) and matches the CPU's."""
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # as Lightning's deterministic=True sets it
+    x = torch.randn(4, 8, 2, 2, requires_grad=True)
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        on_gpu = AdaptiveAvgPool(7)(x.cuda())
+        on_gpu.square().sum().backward()
+    finally:
+        torch.use_deterministic_algorithms(previous)
+    torch.testing.assert_close(on_gpu.cpu(), AdaptiveAvgPool(7)(x), rtol=0, atol=1e-6)
 
 
 def test_torchvision_backbone_with_small_stem_and_one_channel():
