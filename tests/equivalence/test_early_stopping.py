@@ -67,7 +67,9 @@ def test_the_rule_by_hand():
     the first best; 0.505 is not 0.01 better (wait 1); 0.52 is (best, wait 0); 0.52 and 0.515 are
     not (wait 1, 2): stop after the fifth, epoch 4."""
     rule = EarlyStop("val/acc", min_delta=0.01, patience=2, mode="max")
-    decisions = [rule.check({"val/acc": torch.tensor(v)}, epoch) for epoch, v in enumerate([0.5, 0.505, 0.52, 0.52, 0.515])]
+    decisions = [
+        rule.check({"val/acc": torch.tensor(v)}, epoch) for epoch, v in enumerate([0.5, 0.505, 0.52, 0.52, 0.515])
+    ]
     assert decisions == [False, False, False, False, True]
     assert rule.stopped_epoch == 4 and rule.wait_count == 2 and float(rule.best_score) == pytest.approx(0.52)
 
