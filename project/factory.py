@@ -45,6 +45,7 @@ def build_optimization(
     warmup: WarmupSpec | None = None,
     epoch_steps: int = 1,
     interval: str = "epoch",
+    lr: float | None = None,
 ) -> tuple[Optimizer, LRScheduler | ReduceLROnPlateau | None]:
     """Optimizer and optional scheduler; ``total_steps`` fills in OneCycleLR when the config omits it.
 
@@ -52,11 +53,11 @@ def build_optimization(
     learning rate, and of OneCycleLR's ``max_lr``, before the scheduler reads them. A ``warmup``
     comes first (``SequentialLR``; alone without a scheduler), for its epochs or steps counted in
     the scheduler's ``interval`` (an epoch is ``epoch_steps`` optimizer steps), and the scheduler
-    then starts from its own step 0."""
+    then starts from its own step 0. An ``lr`` (``model.lr``) replaces the optimizer's own."""
     optimizer = optimizer_factory(params)
     scales = [group.get("lr_scale", 1.0) for group in optimizer.param_groups]
     for group, scale in zip(optimizer.param_groups, scales):
-        group["lr"] *= scale
+        group["lr"] = (group["lr"] if lr is None else lr) * scale
     warmup_steps = warmup_length(warmup, epoch_steps, interval) if warmup is not None else 0
     main = None
     if scheduler_factory is not None:

@@ -38,6 +38,8 @@ class ImageClassifier(L.LightningModule):
         warmup: a learning-rate warm-up in front of the scheduler (``--model.warmup.*``).
         ema: an exponential moving average of the weights, which validates (``--model.ema.*``).
         monitor: what ReduceLROnPlateau steps on: ``val/loss`` or ``val/acc`` (its ``mode`` to match).
+        lr: the learning rate, in place of the optimizer's ``lr`` (null: the optimizer's); the
+            ``LearningRateFinder`` callback sets it.
     """
 
     def __init__(
@@ -55,6 +57,7 @@ class ImageClassifier(L.LightningModule):
         ema: EMASpec = EMASpec(),  # noqa: B008
         monitor: Literal["val/loss", "val/acc"] = "val/loss",
         input_hw: tuple[int, int] | None = None,
+        lr: float | None = None,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
@@ -66,7 +69,7 @@ class ImageClassifier(L.LightningModule):
         self.backbone_freeze = BackboneFreeze(self.net, self.network.freeze_backbone_epochs)
         self.criterion = build_criterion(label_smoothing)
         self.optimizer_factory, self.scheduler_factory = optimizer, lr_scheduler
-        self.scheduler_interval = scheduler_interval
+        self.scheduler_interval, self.lr = scheduler_interval, lr
         self.class_names = class_names or [str(i) for i in range(num_classes)]
         self.train_metrics, self.val_metrics, self.test_metrics = (
             build_stage_metrics(stage, num_classes, self.picture_spec.num_misclassified)
@@ -94,6 +97,7 @@ class ImageClassifier(L.LightningModule):
             self.warmup,
             steps_per_epoch(int(self.trainer.num_training_batches), self.trainer.accumulate_grad_batches),
             self.scheduler_interval,
+            self.lr,
         )
         if scheduler is None:
             return optimizer

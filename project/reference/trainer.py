@@ -128,6 +128,7 @@ class ReferenceTrainer:
             model.warmup,
             steps_per_epoch(self.num_training_batches, s.accumulate_grad_batches),
             model.scheduler_interval,
+            model.lr,
         )
         self.optimizers = [optimizer]
         self.ema = WeightEMA(model.net, model.ema) if model.ema.decay is not None else None
