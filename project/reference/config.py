@@ -62,6 +62,6 @@ def load_run(
     config = cli.config.as_dict()
     refuse_unsupported(config, cli.parser.get_defaults().as_dict())
     requeue_signal = (config.get("preemption") or {}).get("requeue_signal", "SIGUSR1")
-    settings = TrainerSettings.from_config(config["trainer"])
+    settings = TrainerSettings.from_config(config["trainer"], checkpoint=config["checkpoint"])
     trainer = ReferenceTrainer(settings, log_dir, run_hparams(config), callbacks, requeue_signal)
     return ReferenceRun(cli.model, cli.datamodule, trainer)

@@ -13,6 +13,8 @@ import torch
 
 from project.errors import ConfigError
 from project.reference.early_stopping import EARLY_STOPPING, EarlyStop
+from project.reference.top_k import HONOURED as TOP_K_KEYS
+from project.reference.top_k import TopK
 
 # Trainer keys the reference loop carries out. Any other key must keep its default.
 HONOURED_TRAINER_KEYS = {
@@ -58,7 +60,9 @@ CALLBACK_GROUPS = ("checkpoint", "last_checkpoint", "lr_monitor")
 MIRRORED = (
     "trainer."
     + ", trainer.".join(sorted(HONOURED_TRAINER_KEYS - {"logger", "callbacks"}))
-    + "; trainer.logger with one TensorBoardLogger; trainer.callbacks with EarlyStopping; "
+    + "; trainer.logger with one TensorBoardLogger; trainer.callbacks with EarlyStopping; checkpoint."
+    + ", checkpoint.".join(TOP_K_KEYS)
+    + "; the rest of "
     + ", ".join(CALLBACK_GROUPS)
     + " at their defaults; preemption; the model.* and data.* options. No other trainer.callbacks."
 )
@@ -87,9 +91,13 @@ class TrainerSettings:
     processes: Processes = field(default_factory=lambda: Processes())
     sync_batchnorm: bool = False
     early_stopping: dict | None = None  # the EarlyStopping callback's arguments, checked
+    checkpoint: dict = field(default_factory=lambda: {"monitor": "val/acc", "mode": "max"})  # see TopK
 
     @classmethod
-    def from_config(cls, trainer: dict, env: Mapping[str, str] = os.environ) -> TrainerSettings:
+    def from_config(
+        cls, trainer: dict, env: Mapping[str, str] = os.environ, checkpoint: dict | None = None
+    ) -> TrainerSettings:
+        """The trainer keys, and the CLI's ``checkpoint`` group (the keys ``TopK`` follows)."""
         processes = read_processes(trainer.get("strategy"), env)
         num_nodes = int(trainer.get("num_nodes") or 1)
         device = read_device(trainer.get("accelerator"), trainer.get("devices", "auto"), num_nodes, processes)
@@ -120,6 +128,7 @@ class TrainerSettings:
             processes=processes,
             sync_batchnorm=sync_batchnorm,
             early_stopping=read_early_stopping(trainer),
+            checkpoint=read_checkpoint_args(checkpoint),
         )
 
 
@@ -265,7 +274,10 @@ def refuse_unsupported(config: dict, defaults: dict) -> None:
         if k not in HONOURED_TRAINER_KEYS and v != defaults["trainer"].get(k)
     ]
     for group in CALLBACK_GROUPS:
-        unsupported += [f"{group}.{k}={v!r}" for k, v in config[group].items() if v != defaults[group].get(k)]
+        followed = TOP_K_KEYS if group == "checkpoint" else ()
+        unsupported += [
+            f"{group}.{k}={v!r}" for k, v in config[group].items() if v != defaults[group].get(k) and k not in followed
+        ]
     unsupported += [f"trainer.callbacks={c!r}" for c in user_callbacks(config["trainer"]) if not is_early_stopping(c)]
     logger = config["trainer"].get("logger")
     if not (isinstance(logger, dict) and logger.get("class_path", "").endswith("TensorBoardLogger")):
@@ -277,6 +289,14 @@ def refuse_unsupported(config: dict, defaults: dict) -> None:
             + ". Remove them from the config to compare. It mirrors: "
             + MIRRORED
         )
+
+
+def read_checkpoint_args(checkpoint: dict | None) -> dict:
+    """The ``checkpoint`` group's keys that the reference follows, checked before any work."""
+    args = {k: v for k, v in (checkpoint or {}).items() if k in TOP_K_KEYS}
+    args = {"monitor": "val/acc", "mode": "max", **args}
+    TopK.from_config(args, Path("."))
+    return args
 
 
 def user_callbacks(trainer: dict) -> list:

@@ -33,6 +33,7 @@ from project.reference.logger import ReferenceLogger, closed_on_error, next_vers
 from project.reference.progress import ReferenceProgress
 from project.reference.settings import TrainerSettings, configure_determinism, count_batches
 from project.reference.stopping import ReferenceStop
+from project.reference.top_k import TopK
 
 
 class ReferenceTrainer:
@@ -92,6 +93,7 @@ class ReferenceTrainer:
         self.model, self.datamodule = model, datamodule
         self._setup(model, datamodule, "fit")
         checkpoint = contract.load_network_weights(model, ckpt_path, training=True) if ckpt_path else None
+        self.resumed_from = Path(ckpt_path).absolute() if ckpt_path else None  # kept, as Lightning keeps it
         train_loader, val_loader = datamodule.train_dataloader(), datamodule.val_dataloader()
         self.num_training_batches = count_batches(len(train_loader), s.limit_train_batches, "limit_train_batches")
         num_val = count_batches(len(val_loader), s.limit_val_batches, "limit_val_batches")
@@ -134,6 +136,7 @@ class ReferenceTrainer:
         self.ema = WeightEMA(model.net, model.ema) if model.ema.decay is not None else None
         stopping = s.early_stopping
         self.early_stopping = EarlyStop.from_config(stopping) if stopping is not None else None
+        self.top_k = TopK.from_config(s.checkpoint, self.log_dir / "checkpoints")
         self.train_metrics, self.val_metrics = (self._metrics(stage, model) for stage in ("train", "val"))
         self.logger = self._logger(model, self.datamodule, purge_step=checkpoint["global_step"] if checkpoint else None)
         self.logger.log_hparams(self.hparams)
@@ -190,8 +193,8 @@ class ReferenceTrainer:
             self._call("on_validation_end", self.model)
         if self.is_global_zero:  # the other ranks hold the same state: rank 0 reports and saves it
             self.progress.on_epoch_end(epoch, self.logger.steps, shown)
-            if self.settings.enable_checkpointing and report is not None and report.improved:
-                self._save(self._state(epoch), "best.ckpt")  # a tie keeps the earlier best, as Lightning's
+        if self.settings.enable_checkpointing and report is not None:
+            self._save_top_k(epoch)
         stopping = self.early_stopping if report is not None else None
         stop = stopping is not None and stopping.check(self.callback_metrics, epoch)
         if self.is_global_zero and self.settings.enable_checkpointing:
@@ -200,6 +203,15 @@ class ReferenceTrainer:
         if epoch + 1 < self.settings.max_epochs and self.stop.asked():
             self.stop.stop(f"after epoch {epoch}")
         return stop
+
+    def _save_top_k(self, epoch: int) -> None:
+        """The validation's checkpoint, if it is among the best ``checkpoint.save_top_k``; the file it
+        replaces goes (but not the one this run resumed from). Every rank decides, rank 0 writes."""
+        path, replaced = self.top_k.after_validation(self.callback_metrics, epoch, self.logger.steps)
+        if path is not None and self.is_global_zero:
+            atomic_torch_save(self._state(epoch), path)
+            if replaced is not None and replaced.absolute() != self.resumed_from:
+                replaced.unlink(missing_ok=True)
 
     def _state(self, epoch: int | None = None) -> dict:
         """A checkpoint of the run now: Lightning's layout and the contract's extras."""
@@ -210,9 +222,10 @@ class ReferenceTrainer:
         )
         if self.ema is not None:
             state = self.ema.checkpoint(state)
+        callbacks = {self.top_k.state_key: self.top_k.state_dict()}
         if self.early_stopping is not None:
-            stopping = {self.early_stopping.state_key: self.early_stopping.state_dict()}
-            state["callbacks"] = {**state.get("callbacks", {}), **stopping}
+            callbacks[self.early_stopping.state_key] = self.early_stopping.state_dict()
+        state["callbacks"] = {**state.get("callbacks", {}), **callbacks}
         return {**state, **contract.capture_extras(model.class_names, self.val_metrics, self.train_metrics, datamodule)}
 
     def _resume(self, checkpoint: dict) -> contract.ResumePoint:
@@ -228,8 +241,11 @@ class ReferenceTrainer:
                 self.scheduler.step()
         if self.ema is not None:
             self.ema.restore(checkpoint)
-        if self.early_stopping is not None and self.early_stopping.state_key in checkpoint.get("callbacks", {}):
-            self.early_stopping.load_state_dict(checkpoint["callbacks"][self.early_stopping.state_key])
+        saved = checkpoint.get("callbacks", {})
+        if self.early_stopping is not None and self.early_stopping.state_key in saved:
+            self.early_stopping.load_state_dict(saved[self.early_stopping.state_key])
+        if self.top_k.state_key in saved:
+            self.top_k.load_state_dict(saved[self.top_k.state_key])
         self.datamodule.load_state_dict(checkpoint.get(type(self.datamodule).__qualname__, {}))
         start = contract.resume_point(checkpoint, self.datamodule, self.settings.processes.world_size)
         self.logger.steps, self.logger.epoch = start.step, start.epoch

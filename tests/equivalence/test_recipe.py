@@ -115,7 +115,7 @@ def test_the_best_checkpoint_holds_the_average_that_validated(loop, tmp_path):
     else:
         run = load_run(args, tmp_path)
         run.trainer.fit(run.model, run.datamodule)
-        best, score = str(tmp_path / "checkpoints" / "best.ckpt"), run.trainer.callback_metrics["val/acc_best"]
+        best, score = run.trainer.top_k.best_model_path, run.trainer.callback_metrics["val/acc_best"]
     checkpoint = torch.load(best, weights_only=True)
     average, trained = checkpoint["state_dict"], checkpoint["current_model_state"]
     assert average.keys() == trained.keys() and any(not torch.equal(average[k], trained[k]) for k in average)

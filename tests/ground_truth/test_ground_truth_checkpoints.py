@@ -69,19 +69,22 @@ def run_args(epochs: int) -> list[str]:
     ]
 
 
-def fit(loop: str, epochs: int) -> tuple[Path, Path]:
-    """Fit with one loop; the paths of its best and last checkpoints (exactly one best file)."""
+def checkpoint_folder(loop: str, args: list[str]) -> Path:
+    """Fit with one loop; the folder of its checkpoints."""
     if loop == "lightning":
         # No sanity pass: it would be a validation the script counts (the module ignores it for the best).
-        cli = TwinloopCLI(args=[*run_args(epochs), "--trainer.num_sanity_val_steps=0"], run=False)
+        cli = TwinloopCLI(args=[*args, "--trainer.num_sanity_val_steps=0"], run=False)
         cli.trainer.fit(cli.model, datamodule=cli.datamodule)
-        folder = Path(cli.trainer.log_dir) / "checkpoints"
-        best = list(folder.glob("best-*.ckpt"))
-    else:
-        run = load_run(run_args(epochs), Path("reference"))
-        run.trainer.fit(run.model, run.datamodule)
-        folder = run.trainer.log_dir / "checkpoints"
-        best = list(folder.glob("best*.ckpt"))
+        return Path(cli.trainer.log_dir) / "checkpoints"
+    run = load_run(args, Path("reference"))
+    run.trainer.fit(run.model, run.datamodule)
+    return run.trainer.log_dir / "checkpoints"
+
+
+def fit(loop: str, epochs: int) -> tuple[Path, Path]:
+    """Fit with one loop; the paths of its best and last checkpoints (exactly one best file)."""
+    folder = checkpoint_folder(loop, run_args(epochs))
+    best = list(folder.glob("best-*.ckpt"))
     assert len(best) == 1, best
     return best[0], folder / "last.ckpt"
 
@@ -141,3 +144,31 @@ def test_lightning_best_file_is_named_by_its_epoch_and_score(scripted_fit, case)
     scores, best_epoch = SEQUENCES[case]
     best, _ = scripted_fit(case, "lightning")
     assert best.name == f"best-epoch{best_epoch:03d}-acc{scores[best_epoch]:.4f}.ckpt"
+
+
+TOP_K = {
+    # save_top_k, scores by epoch, the epochs whose files are kept (worked out by hand: a new score
+    # must beat the worst kept strictly; of two tied for the worst, the one kept longer goes first)
+    "three_of_five": (3, [0.2, 0.5, 0.7, 0.9, 0.1], {1, 2, 3}),
+    "a_tie_for_the_worst_drops_the_earlier": (2, [0.5, 0.5, 0.7, 0.5], {1, 2}),
+    "a_tie_does_not_enter": (2, [0.6, 0.4, 0.4, 0.3], {0, 1}),
+    "all": (-1, [0.3, 0.1, 0.2], {0, 1, 2}),
+    "none": (0, [0.3, 0.4], set()),
+}
+
+
+@pytest.mark.parametrize("case", list(TOP_K))
+def test_save_top_k_keeps_the_same_files_in_both_loops(case, tmp_path, monkeypatch):
+    """`--checkpoint.save_top_k K`: the files of the K best validations, by Lightning's
+    ModelCheckpoint and by the reference's rule (project/reference/top_k.py), under the same names."""
+    k, scores, kept = TOP_K[case]
+    names = {}
+    for loop in ("lightning", "reference"):
+        (tmp_path / loop).mkdir()
+        monkeypatch.chdir(tmp_path / loop)
+        script(monkeypatch, scores)
+        folder = checkpoint_folder(loop, [*run_args(len(scores)), f"--checkpoint.save_top_k={k}"])
+        names[loop] = sorted(path.name for path in folder.glob("best-*.ckpt"))
+        assert {load(folder / name)["epoch"] for name in names[loop]} == kept, loop
+        assert names[loop] == sorted(f"best-epoch{e:03d}-acc{scores[e]:.4f}.ckpt" for e in kept)
+    assert names["lightning"] == names["reference"]
