@@ -81,18 +81,21 @@ class ResumePoint:
 
 
 def resume_point(checkpoint: dict, datamodule: Any | None, world_size: int) -> ResumePoint:
-    """Where a run resumed from ``checkpoint`` goes on. Inside an epoch, the data module's next
-    training pass becomes the rest of that epoch (call it after the data module's ``load_state_dict``
-    and before the training loader's first pass); one written by one process only resumes in one."""
+    """Where a run resumed from ``checkpoint`` goes on. The data module is told the epoch (its training
+    loaders start there) and, inside an epoch, its next training pass becomes the rest of that epoch
+    (call it after the data module's ``load_state_dict`` and before its training loader is made); one
+    written inside an epoch by one process only resumes in one."""
     batches_done = checkpoint.get(MID_EPOCH, {}).get("batches_done", 0)
     if batches_done and world_size > 1:  # each rank takes its share of the order: the position does not carry over
         raise UserPathError(
             "--ckpt_path: this checkpoint was written inside an epoch by one process; resume it with one "
             "process (--trainer.devices 1), or from a checkpoint of an epoch's end"
         )
-    if batches_done and datamodule is not None:
-        datamodule.continue_epoch(batches_done)
     epoch = checkpoint["epoch"] + (0 if batches_done else 1)
+    if datamodule is not None:
+        datamodule.start_epoch(epoch)
+        if batches_done:
+            datamodule.continue_epoch(batches_done)
     return ResumePoint(epoch, batches_done, checkpoint["global_step"])
 
 

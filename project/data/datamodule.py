@@ -97,6 +97,8 @@ class ImageDataModule(L.LightningDataModule):
         self.device = torch.device("cpu")  # where device_cache puts the splits: the trainer sets it
         # (rank, world size) under DDP, set by the trainer: each rank then reads its own share
         self.shard: tuple[int, int] | None = None
+        # the epoch of a training loader's first pass: 0, or a resumed run's (``start_epoch``)
+        self.first_epoch = 0
         self.seed = seed
         self.predict_root = Path(predict_root) if predict_root is not None else None
         self.fake_size = fake_size
@@ -268,7 +270,7 @@ class ImageDataModule(L.LightningDataModule):
             raise RuntimeError(f"{stage} data is not set up: call setup() first")
         order = self.seeds.train_order
         sized = cast(Sized, dataset)  # every split here has a length; torch's Dataset type leaves it out
-        sampler = stage_sampler(sized, shuffle, self.shard, order, self.batch_size, self.seed)
+        sampler = stage_sampler(sized, shuffle, self.shard, order, self.batch_size, self.seed, self.first_epoch)
         if isinstance(dataset, CachedSplit):  # on the device of the latest setup, whoever called it first
             # one process: the resumable order itself (the sampler is for DataLoaders); DDP: the rank's share
             own = order if shuffle and self.shard is None else None
@@ -281,6 +283,11 @@ class ImageDataModule(L.LightningDataModule):
 
     def load_state_dict(self, state: dict) -> None:
         self.seeds.load_state_dict(state)
+
+    def start_epoch(self, epoch: int) -> None:
+        """A resumed run goes on with ``epoch``: under DDP the training loaders made from now on shuffle
+        their first pass as that epoch (seed + epoch). Call it before the training loader is made."""
+        self.first_epoch = epoch
 
     def continue_epoch(self, batches_done: int) -> None:
         """After ``load_state_dict`` of a checkpoint written inside an epoch, after ``batches_done`` of

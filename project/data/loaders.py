@@ -20,21 +20,30 @@ def stage_sampler(
     order: EpochOrder,
     batch_size: int,
     seed: int,
+    epoch: int = 0,
 ) -> Sampler[int] | None:
     """One process (``shard`` None): a ``RandomSampler``'s draws from the training ``order``
     (``ShuffledSampler``, which a resume inside an epoch starts at its next batch), or none (in order).
     Under DDP, ``shard`` is (rank, world size) and the sampler the rank's share: for training,
     Lightning's own choice, a ``DistributedSampler`` seeded with the run's seed (one permutation per
     epoch from seed + epoch, dealt out rank by rank and padded with repeats so that every rank takes
-    as many steps); for evaluation and prediction, every sample exactly once
-    (``UnrepeatedDistributedSampler``: ranks may differ by one sample, and nothing is counted twice;
-    a padded ``DistributedSampler`` would count some twice, pytorch#25162)."""
+    as many steps), set to ``epoch``, the epoch of the loader's first pass; for evaluation and
+    prediction, every sample exactly once (``UnrepeatedDistributedSampler``: ranks may differ by one
+    sample, and nothing is counted twice; a padded ``DistributedSampler`` would count some twice,
+    pytorch#25162)."""
     if shard is None:
         return ShuffledSampler(len(dataset), order, batch_size) if shuffle else None
     rank, world = shard
     indexed = cast(Dataset, dataset)  # the samplers read its length only (a device cache has no items)
     if shuffle:
-        return DistributedSampler(indexed, num_replicas=world, rank=rank, shuffle=True, seed=seed)
+        sampler: DistributedSampler = DistributedSampler(
+            indexed, num_replicas=world, rank=rank, shuffle=True, seed=seed
+        )
+        # Lightning tells the sampler each epoch only after it created the loader's iterator, whose
+        # workers draw their first indices at once, and a resumed run's iterator is not created again:
+        # without this, its first epoch would take epoch 0's order (Lightning#21938).
+        sampler.set_epoch(epoch)
+        return sampler
     return UnrepeatedDistributedSampler(indexed, num_replicas=world, rank=rank, shuffle=False)
 
 

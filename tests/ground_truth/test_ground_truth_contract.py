@@ -32,6 +32,10 @@ class Holder:
 class RecordingData:
     def __init__(self):
         self.continued: list[int] = []
+        self.started: list[int] = []
+
+    def start_epoch(self, epoch: int) -> None:
+        self.started.append(epoch)
 
     def continue_epoch(self, batches_done: int) -> None:
         self.continued.append(batches_done)
@@ -80,10 +84,11 @@ def test_running_sums_come_back_only_for_a_checkpoint_written_inside_an_epoch():
     ],
 )
 def test_resume_point(checkpoint, world_size, expected, continued):
-    """Where a resumed run goes on, and the data told to go on inside its epoch."""
+    """Where a resumed run goes on, and the data told its epoch and to go on inside it."""
     data = RecordingData()
     start = contract.resume_point(checkpoint, data, world_size)
     assert (start.epoch, start.batch, start.step) == expected and data.continued == continued
+    assert data.started == [expected[0]]
     assert str(start) == f"epoch {expected[0]}, batch {expected[1]} (step {expected[2]})"
 
 
