@@ -34,17 +34,17 @@ class ReferenceStop:
         self.last_checkpoint, self.save = last_checkpoint, save
 
     def after_steps(self, log_step, logger: ReferenceLogger, state: Callable[[], dict], num_train, first_batch):
-        """What follows each optimizer step: ``log_step``, and on a stop signal a checkpoint that holds
-        the position in the epoch, then the exit. (Not in the epoch's last step: its end has a
-        checkpoint of its own.)"""
+        """What follows each optimizer step: ``log_step(loss, batches_done)``, and on a stop signal a
+        checkpoint that holds the position in the epoch, then the exit. (Not in the epoch's last
+        step: its end has a checkpoint of its own.)"""
         every = self.settings.accumulate_grad_batches
         epoch_start = {"epoch": logger.epoch, "step": logger.steps - first_batch // every}
 
         def on_step(loss: torch.Tensor) -> None:
-            log_step(loss)
             if epoch_start["epoch"] != logger.epoch:  # a new epoch began
-                epoch_start.update(epoch=logger.epoch, step=logger.steps - 1)
-            done = (logger.steps - epoch_start["step"]) * every
+                epoch_start.update(epoch=logger.epoch, step=logger.steps)
+            done = min((logger.steps + 1 - epoch_start["step"]) * every, num_train)
+            log_step(loss, done)  # the logger counts this step now
             if done >= num_train or not self.asked():
                 return
             where = f"at epoch {logger.epoch}, batch {done - 1} (step {logger.steps})"

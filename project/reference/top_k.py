@@ -1,6 +1,6 @@
-"""Which validations keep a checkpoint file in the reference loop: the rule of Lightning's
-``ModelCheckpoint`` (``save_top_k``, ``monitor``, ``mode``, ``filename``), written out, with the same
-file names and its state under the same checkpoint key, so that a resumed run keeps its files."""
+"""Which checkpoints the reference loop keeps as files: the rule of Lightning's ``ModelCheckpoint``
+(``save_top_k``, ``monitor``, ``mode``, ``filename``, ``every_n_train_steps``), written out, with the
+same file names and its state under the same checkpoint key, so that a resumed run keeps its files."""
 
 from __future__ import annotations
 
@@ -15,13 +15,15 @@ from torch import Tensor
 from project.errors import ConfigError
 
 # The arguments of the CLI's `checkpoint` group that the reference follows; the others stay at their defaults.
-HONOURED = ("save_top_k", "monitor", "mode", "filename", "auto_insert_metric_name")
+HONOURED = ("save_top_k", "monitor", "mode", "filename", "auto_insert_metric_name", "every_n_train_steps")
 
 
 @dataclass
 class TopK:
     """Keep the ``save_top_k`` best validations by ``monitor`` (-1: all of them; 0: none), each in a
-    file named from ``filename``: a new one must beat the worst kept (strictly), which it replaces."""
+    file named from ``filename``: a new one must beat the worst kept (strictly), which it replaces.
+    Candidates come after each validation, or with ``every_n_train_steps`` after every N-th optimizer
+    step only, with the last validation's value (none before the first validation)."""
 
     dirpath: Path
     monitor: str = "val/acc"
@@ -29,6 +31,7 @@ class TopK:
     save_top_k: int = 1
     filename: str | None = None
     auto_insert_metric_name: bool = True
+    every_n_train_steps: int | None = None
     best_k_models: dict[str, Tensor] = field(default_factory=dict)  # path -> score
     kth_best_model_path: str = ""
     best_model_path: str = ""
@@ -44,16 +47,28 @@ class TopK:
             raise ConfigError(f"checkpoint.mode={mode!r}: not 'min' or 'max'")
         if int(args.get("save_top_k", 1)) < -1:
             raise ConfigError(f"checkpoint.save_top_k={args['save_top_k']!r}: -1 (all), 0 (none) or more")
+        if (args.get("every_n_train_steps") or 0) < 0:
+            raise ConfigError(f"checkpoint.every_n_train_steps={args['every_n_train_steps']!r}: 0 or more")
         return cls(dirpath, **args)
 
     @property
     def state_key(self) -> str:
         """The key under which Lightning's ``ModelCheckpoint`` (the CLI's ``checkpoint``) keeps its state."""
-        triggers = {"every_n_train_steps": 0, "every_n_epochs": 1, "train_time_interval": None}
+        steps = self.every_n_train_steps or 0
+        triggers = {"every_n_train_steps": steps, "every_n_epochs": 0 if steps else 1, "train_time_interval": None}
         return "ModelCheckpoint" + repr({"monitor": self.monitor, "mode": self.mode, **triggers})
 
-    def after_validation(self, metrics: dict, epoch: int, step: int) -> tuple[Path | None, Path | None]:
-        """The file to save now (None: this validation is not in the top k), and the file it replaces."""
+    def at_validation(self) -> bool:
+        """Whether the candidates come after each validation (else after every N-th step)."""
+        return not self.every_n_train_steps
+
+    def at_step(self, step: int, metrics: dict) -> bool:
+        """Whether optimizer step ``step`` (counted from 1) brings a candidate."""
+        n = self.every_n_train_steps or 0
+        return n > 0 and step % n == 0 and self.monitor in metrics
+
+    def consider(self, metrics: dict, epoch: int, step: int) -> tuple[Path | None, Path | None]:
+        """The file to save now (None: this candidate is not in the top k), and the file it replaces."""
         current = metrics.get(self.monitor)
         if current is None:
             raise ConfigError(f"checkpoint.monitor={self.monitor!r} is not among the validation's {sorted(metrics)}")

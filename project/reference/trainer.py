@@ -174,10 +174,13 @@ class ReferenceTrainer:
             on_step=self.stop.after_steps(self._on_step, self.logger, self._state, num_train, start.batch),
         )
 
-    def _on_step(self, loss: torch.Tensor) -> None:
-        """After each optimizer step: the logger's step, and the progress line when one is due."""
+    def _on_step(self, loss: torch.Tensor, batches_done: int) -> None:
+        """After each optimizer step (``batches_done`` of the epoch's batches): the logger's step, the
+        progress line when one is due, and a top-k checkpoint when ``every_n_train_steps`` asks."""
         self.logger.on_step(loss)
         self.progress.on_step(self.logger.steps, self.logger.epoch, loss)
+        if self.settings.enable_checkpointing and self.top_k.at_step(self.logger.steps, self.callback_metrics):
+            self._save_top_k(self.logger.epoch, contract.mid_epoch(batches_done))
 
     def _on_epoch_end(self, epoch: int, train_results: dict, val_results: dict | None) -> bool:
         """What follows each epoch, as Lightning's hooks and callbacks do it: the epoch report (loss
@@ -193,7 +196,7 @@ class ReferenceTrainer:
             self._call("on_validation_end", self.model)
         if self.is_global_zero:  # the other ranks hold the same state: rank 0 reports and saves it
             self.progress.on_epoch_end(epoch, self.logger.steps, shown)
-        if self.settings.enable_checkpointing and report is not None:
+        if self.settings.enable_checkpointing and report is not None and self.top_k.at_validation():
             self._save_top_k(epoch)
         stopping = self.early_stopping if report is not None else None
         stop = stopping is not None and stopping.check(self.callback_metrics, epoch)
@@ -204,12 +207,12 @@ class ReferenceTrainer:
             self.stop.stop(f"after epoch {epoch}")
         return stop
 
-    def _save_top_k(self, epoch: int) -> None:
-        """The validation's checkpoint, if it is among the best ``checkpoint.save_top_k``; the file it
-        replaces goes (but not the one this run resumed from). Every rank decides, rank 0 writes."""
-        path, replaced = self.top_k.after_validation(self.callback_metrics, epoch, self.logger.steps)
+    def _save_top_k(self, epoch: int, mid_epoch: dict | None = None) -> None:
+        """A checkpoint now, if it is among the best ``checkpoint.save_top_k``; the file it replaces
+        goes (but not the one this run resumed from). Every rank decides, rank 0 writes."""
+        path, replaced = self.top_k.consider(self.callback_metrics, epoch, self.logger.steps)
         if path is not None and self.is_global_zero:
-            atomic_torch_save(self._state(epoch), path)
+            atomic_torch_save({**self._state(epoch), **(mid_epoch or {})}, path)
             if replaced is not None and replaced.absolute() != self.resumed_from:
                 replaced.unlink(missing_ok=True)
 

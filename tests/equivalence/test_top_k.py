@@ -25,6 +25,15 @@ def assert_same_files(lightning: dict[str, dict], reference: dict[str, dict]) ->
         assert all(torch.equal(tensors[k], reference[name][k]) for k in tensors), name
 
 
+def assert_same_state_key(lightning: str, reference: str) -> None:
+    """The reference keeps the rule's state under the key of Lightning's ModelCheckpoint, whose files
+    and scores it names (``best_k_models``) as Lightning's does its own."""
+    (key,) = [k for k in read_checkpoint(lightning)["callbacks"] if k.startswith("ModelCheckpoint")]
+    ours, theirs = read_checkpoint(reference)["callbacks"][key], read_checkpoint(lightning)["callbacks"][key]
+    assert [Path(p).name for p in ours["best_k_models"]] == [Path(p).name for p in theirs["best_k_models"]]
+    assert list(ours["best_k_models"].values()) == list(theirs["best_k_models"].values())
+
+
 def test_both_loops_keep_the_same_top_k_files():
     """The 2 lowest val/loss of 3 epochs: two files in each loop, the same names and tensors, and
     the loops equal step for step."""
@@ -36,6 +45,7 @@ def test_both_loops_keep_the_same_top_k_files():
     lightning, reference = kept(Path("runs/k/lightning/checkpoints")), kept(Path("runs/k/reference/checkpoints"))
     assert len(lightning) == 2
     assert_same_files(lightning, reference)
+    assert_same_state_key("runs/k/lightning/checkpoints/last.ckpt", "runs/k/reference/checkpoints/last.ckpt")
 
 
 def test_a_resumed_reference_keeps_the_files_of_the_run_before(capsys):
@@ -48,3 +58,19 @@ def test_a_resumed_reference_keeps_the_files_of_the_run_before(capsys):
     compare.run_reference(args, Path("runs/ref"), "runs/ref/checkpoints/last.ckpt")
     assert "resuming from epoch 1, batch 0 (step 7)" in capsys.readouterr().out  # not from step 0
     assert_same_files(kept(Path("runs/full/lightning/checkpoints")), kept(Path("runs/ref/checkpoints")))
+
+
+def test_every_n_train_steps_keeps_the_same_files_in_both_loops():
+    """`--checkpoint.every_n_train_steps 5` (7 steps an epoch): candidates at steps 5, 10, 15 and
+    20 only, with the last validation's val/acc (none at step 5, before the first validation), and
+    no candidate at the epochs' ends: the same files in both loops, with the same tensors."""
+    args = [*EQUIV, "--checkpoint.every_n_train_steps=5", "--checkpoint.save_top_k=-1"]
+    lit = compare.run_lightning(args, Path("runs"), "n")
+    ref = compare.run_reference(args, Path("runs/n/reference"))
+    c = compare.compare(lit, ref, atol=0)
+    assert c.equivalent, compare.format_table(c)
+    lightning, reference = kept(Path("runs/n/lightning/checkpoints")), kept(Path("runs/n/reference/checkpoints"))
+    assert_same_files(lightning, reference)
+    steps = sorted(read_checkpoint(Path("runs/n/reference/checkpoints") / name)["global_step"] for name in reference)
+    assert steps == [10, 15, 20]
+    assert_same_state_key("runs/n/lightning/checkpoints/last.ckpt", "runs/n/reference/checkpoints/last.ckpt")
