@@ -56,6 +56,8 @@ def main(argv: list[str] | None = None) -> None:
             width = max(len(k) for k in results)
             for k, v in results.items():
                 print(f"{k:<{width}}  {v:.6f}")
+        elif run.trainer.top_k.best_model_path:
+            print(f"best checkpoint: {run.trainer.top_k.best_model_path}")
         print(f"logs: {run.trainer.log_dir}")
 
 

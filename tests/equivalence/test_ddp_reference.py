@@ -61,6 +61,7 @@ def test_each_local_rank_takes_its_own_gpu(monkeypatch):
     assert read_device("gpu", 2, 1, processes) == read_device("cuda", [0, 1], 1, processes) == torch.device("cuda", 1)
 
 
+@pytest.mark.slow  # two DDP launches, one under torchrun: 23 s on 2 cores
 def test_compare_runs_both_loops_distributed_and_they_are_bit_identical(tmp_path):
     """`twinloop-compare --trainer.devices 2` runs Lightning's DDP and the reference under torchrun in
     2 processes: every rank's per-batch losses, the per-step and final tensors and the optimizer

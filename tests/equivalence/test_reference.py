@@ -124,10 +124,12 @@ def test_hooks_are_removed_after_a_run():
 
 
 def test_reference_test_command_prints_the_test_metrics(capsys):
-    """`twinloop-reference test` reports test/loss and test/acc of a checkpoint and where it logged them."""
+    """`twinloop-reference fit` names its best checkpoint; `test` reports test/loss and test/acc of a
+    checkpoint and where it logged them."""
     args = [*FAST, "--trainer.max_epochs=1", "--trainer.limit_train_batches=4"]
     reference_main(["fit", *args, "--log_dir=ref"])
-    capsys.readouterr()
+    (best,) = Path("ref/checkpoints").glob("best-epoch000-acc*.ckpt")  # Lightning's name for it
+    assert f"best checkpoint: {best}" in capsys.readouterr().out  # as `twinloop fit` says it
     reference_main(["test", *args, "--log_dir=ref-test", "--ckpt_path=ref/checkpoints/last.ckpt"])
     out = capsys.readouterr().out
     assert "test/loss" in out and "test/acc" in out

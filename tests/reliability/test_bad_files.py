@@ -136,6 +136,7 @@ def test_skip_leaves_bad_files_out_of_every_split_and_the_statistics(tmp_path, c
 
 
 @pytest.mark.fit
+@pytest.mark.slow  # a whole run on a folder of broken files: 10 s
 def test_skip_trains_a_real_run_to_the_end_on_a_broken_folder(tmp_path):
     """A real `twinloop fit --data.on_bad_file skip` on the broken folder (a PNG in it crashes torchvision's
     decoder outright): it trains to the end, exit 0, and says how many files it left out."""

@@ -57,6 +57,7 @@ def stop_after_first_checkpoint(tmp_path: Path, signum: int, *options: str) -> t
 LAST = Path("lightning_logs/slurm-4242/checkpoints/last.ckpt")
 
 
+@pytest.mark.slow  # two real runs, a signal and a restart: 45 s on 2 cores
 def test_the_requeue_signal_checkpoints_requeues_and_the_restart_finishes_the_run(tmp_path):
     """SIGUSR1 after epoch 0's checkpoint: last.ckpt in lightning_logs/slurm-4242, `scontrol requeue
     4242`, exit 138; the requeued start (`--ckpt_path last`) resumes it and ends with the uninterrupted
