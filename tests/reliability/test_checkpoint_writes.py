@@ -159,6 +159,7 @@ def test_kill_9_during_saves_leaves_only_whole_checkpoints(saver, tmp_path, tmpd
 
 
 @pytest.mark.fit
+@pytest.mark.slow  # a real fit killed while it saves: 13 s
 def test_kill_9_during_a_real_fit_save_keeps_every_checkpoint_whole(tmp_path):
     """A real `twinloop fit` (46 MB resnet18 checkpoints, $TMPDIR on another filesystem) killed inside a
     checkpoint write: every *.ckpt loads with weights_only, and $TMPDIR stays empty."""

@@ -148,6 +148,7 @@ def test_three_stop_signals_and_restarts_lose_nothing(loop):
     assert_same_epoch_means(runs / "cut", runs / "full")
 
 
+@pytest.mark.slow  # a real run signalled in its last batch: 10 s
 def test_a_signal_in_an_epochs_last_batch_lets_the_epoch_end_and_keeps_its_checkpoint():
     """SIGTERM in step 7, epoch 0's last batch: its validation and last.ckpt happen, then exit 143 before epoch 1."""
     signal_at_7 = SIGNAL_AT_STEP_11.replace('"step": 11', '"step": 7')

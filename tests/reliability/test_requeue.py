@@ -81,6 +81,7 @@ def test_the_requeue_signal_checkpoints_requeues_and_the_restart_finishes_the_ru
     assert logged_steps("lightning_logs/slurm-4242") == list(range(40))
 
 
+@pytest.mark.slow  # a real run, a signal and a requeue: 9 s
 def test_sigterm_requeues_when_it_is_made_the_requeue_signal(tmp_path):
     """`--preemption.requeue_signal SIGTERM`: the scheduler's SIGTERM checkpoints, requeues, exits 143."""
     job, out, err = stop_after_first_checkpoint(tmp_path, signal.SIGTERM, "--preemption.requeue_signal=SIGTERM")
