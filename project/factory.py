@@ -108,6 +108,8 @@ def steps_per_epoch(num_batches: int, accumulate_grad_batches: int) -> int:
     return -(-num_batches // accumulate_grad_batches)
 
 
-def stepping_batches(num_batches: int, accumulate_grad_batches: int, max_epochs: int) -> int:
-    """Optimizer steps in a whole run, counted the way Lightning's ``estimated_stepping_batches`` does."""
-    return steps_per_epoch(num_batches, accumulate_grad_batches) * max(max_epochs, 1)
+def stepping_batches(num_batches: int, accumulate_grad_batches: int, max_epochs: int, max_steps: int = -1) -> int:
+    """Optimizer steps in a whole run, counted the way Lightning's ``estimated_stepping_batches`` does
+    (at most ``max_steps`` when it is not -1)."""
+    steps = steps_per_epoch(num_batches, accumulate_grad_batches) * max(max_epochs, 1)
+    return steps if max_steps == -1 else min(steps, max_steps)

@@ -78,14 +78,17 @@ def train_one_epoch(
     on_step: Callable[[Tensor], None] | None = None,
     epoch: int = 0,
     first_batch: int = 0,
+    max_steps: int | None = None,
 ) -> dict[str, Tensor]:
     """One pass over the training data; returns the epoch's training metrics. A non-finite loss
     stops it before its gradients reach the weights. A resumed epoch starts at ``first_batch``
     (the loader starts there too). ``mix`` turns labels into mixed class probabilities (MixUp,
-    CutMix); ``ema`` averages the weights after each optimizer step."""
+    CutMix); ``ema`` averages the weights after each optimizer step. ``max_steps``: the pass ends
+    after that many optimizer steps (what is left of the trainer's ``max_steps``)."""
     model.train()
     if first_batch == 0:  # a resumed epoch goes on with the sums its checkpoint held
         metrics.reset()
+    steps = 0
     for i, (x, y) in enumerate(batches(loader, device, num_batches - first_batch), start=first_batch):
         if augment is not None:
             x = augment(x)
@@ -110,6 +113,9 @@ def train_one_epoch(
                 scheduler.step()
             if on_step is not None:
                 on_step(loss.detach())
+            steps += 1
+            if steps == max_steps:
+                break
     return metrics.compute()
 
 
@@ -146,8 +152,10 @@ def fit(
     val_metrics: StageMetrics,
     *,
     max_epochs: int,
+    max_steps: int = -1,
     first_epoch: int = 0,
     first_batch: int = 0,
+    first_step: int = 0,
     num_train_batches: int,
     num_val_batches: int,
     precision: str,
@@ -159,11 +167,12 @@ def fit(
     on_epoch_end: Callable[[int, dict, dict | None], bool] | None = None,
     **train_options,
 ) -> None:
-    """Train epochs ``first_epoch`` (0 unless resuming; from its batch ``first_batch``) to
-    ``max_epochs - 1``, validating every ``check_val_every_n_epoch`` epochs (never when
-    ``num_val_batches`` is 0, as with Lightning's ``limit_val_batches=0``), with the averaged
-    weights when there is an ``ema``. A ``ReduceLROnPlateau`` steps on the latest validation's
-    ``monitor`` value.
+    """Train epochs ``first_epoch`` (0 unless resuming; from its batch ``first_batch``, optimizer
+    step ``first_step``) to ``max_epochs - 1``, validating every ``check_val_every_n_epoch`` epochs
+    (never when ``num_val_batches`` is 0, as with Lightning's ``limit_val_batches=0``), with the
+    averaged weights when there is an ``ema``. A ``ReduceLROnPlateau`` steps on the latest
+    validation's ``monitor`` value. With ``max_steps`` (-1: none), training ends after that
+    optimizer step; an epoch it cuts short ends there, without its validation, as Lightning's does.
 
     ``on_epoch_end(epoch, train_results, val_results_or_None)`` is where the caller logs and saves
     checkpoints; it returns True to stop training after this epoch (early stopping).
@@ -172,7 +181,14 @@ def fit(
     """
     model.to(device)
     monitored: dict = {}
+    every = train_options.get("accumulate_grad_batches", 1)
+    step = first_step
     for epoch in range(first_epoch, max_epochs):
+        start = first_batch if epoch == first_epoch else 0
+        epoch_steps = -(-num_train_batches // every) - start // every  # what is left of the epoch
+        steps_left = max_steps - step if max_steps >= 0 else epoch_steps
+        if steps_left <= 0:
+            break
         train_results = train_one_epoch(
             model,
             train_loader,
@@ -185,12 +201,15 @@ def fit(
             scheduler=scheduler,
             scheduler_interval=scheduler_interval,
             epoch=epoch,
-            first_batch=first_batch if epoch == first_epoch else 0,
+            first_batch=start,
+            max_steps=steps_left,
             ema=ema,
             **train_options,
         )
+        step += min(epoch_steps, steps_left)
         val_results = None
-        if (epoch + 1) % check_val_every_n_epoch == 0 and num_val_batches > 0:
+        whole = steps_left >= epoch_steps
+        if whole and (epoch + 1) % check_val_every_n_epoch == 0 and num_val_batches > 0:
             with ema.swapped(model) if ema is not None else nullcontext():  # validate the average
                 val_results = evaluate(
                     model, val_loader, criterion, device, val_metrics, num_batches=num_val_batches, precision=precision
@@ -202,7 +221,7 @@ def fit(
             scheduler.step(plateau_value(monitored, monitor))
         elif scheduler is not None and scheduler_interval == "epoch":
             scheduler.step()
-        if stop:
+        if stop or 0 <= max_steps <= step:
             break
     if ema is not None:
         ema.copy_to(model)  # training ends with the averaged weights, as Lightning's callback leaves them

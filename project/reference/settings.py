@@ -19,6 +19,7 @@ from project.reference.top_k import TopK
 # Trainer keys the reference loop carries out. Any other key must keep its default.
 HONOURED_TRAINER_KEYS = {
     "max_epochs",
+    "max_steps",
     "accelerator",
     "devices",
     "precision",
@@ -73,6 +74,7 @@ class TrainerSettings:
     """The honoured trainer keys, checked and normalised."""
 
     max_epochs: int = 1000
+    max_steps: int = -1  # -1: no limit
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     precision: str = "32-true"
     accumulate_grad_batches: int = 1
@@ -110,6 +112,7 @@ class TrainerSettings:
             raise ConfigError("trainer.sync_batchnorm=true: torch's SyncBatchNorm runs on GPUs only; set it to false")
         return cls(
             max_epochs=read_max_epochs(trainer.get("max_epochs")),
+            max_steps=read_max_steps(trainer.get("max_steps")),
             device=device,
             precision=read_precision(trainer.get("precision"), device),
             accumulate_grad_batches=int(trainer.get("accumulate_grad_batches") or 1),
@@ -240,6 +243,14 @@ def read_max_epochs(value: int | None) -> int:
             "and the reference loop needs one; set a number of epochs"
         )
     return int(value)
+
+
+def read_max_steps(value: int | None) -> int:
+    """``trainer.max_steps``: -1 (or null) for no limit, else the optimizer steps to train."""
+    steps = -1 if value is None else int(value)
+    if steps < -1:
+        raise ConfigError(f"trainer.max_steps={value}: -1 (no limit) or a number of optimizer steps")
+    return steps
 
 
 def read_limit(value, key: str) -> int | float:

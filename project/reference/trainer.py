@@ -97,6 +97,8 @@ class ReferenceTrainer:
         train_loader, val_loader = datamodule.train_dataloader(), datamodule.val_dataloader()
         self.num_training_batches = count_batches(len(train_loader), s.limit_train_batches, "limit_train_batches")
         num_val = count_batches(len(val_loader), s.limit_val_batches, "limit_val_batches")
+        # Lightning's ModelCheckpoint then looks at each epoch's end, not at each validation's
+        self.top_k_at_epoch_end = s.check_val_every_n_epoch == 1 and num_val > 0
         # Under DDP the loop trains the wrapped network; model.net is the one with SyncBatchNorm layers
         # if asked for (same parameters and buffers), until the fit ends.
         single = model.net.to(s.device)
@@ -120,7 +122,7 @@ class ReferenceTrainer:
         """The optimizer and scheduler from the module's factories, the metrics and the logger."""
         s = self.settings
         self.estimated_stepping_batches = stepping_batches(
-            self.num_training_batches, s.accumulate_grad_batches, s.max_epochs
+            self.num_training_batches, s.accumulate_grad_batches, s.max_epochs, s.max_steps
         )
         optimizer, self.scheduler = build_optimization(
             model.network.optimizer_parameters(model.net),
@@ -154,8 +156,10 @@ class ReferenceTrainer:
             self.train_metrics,
             self.val_metrics,
             max_epochs=s.max_epochs,
+            max_steps=s.max_steps,
             first_epoch=start.epoch,
             first_batch=start.batch,
+            first_step=start.step,
             num_train_batches=num_train,
             num_val_batches=num_val,
             precision=s.precision,
@@ -191,12 +195,14 @@ class ReferenceTrainer:
             report = report_epoch(self.val_metrics, epoch, self.model.class_names, self.logger.drawing)
         self.logger.on_epoch_end(epoch, train_results, report)
         shown = {**report.shown, **report.scalars} if report is not None else {}
-        self.callback_metrics = {**train_results, **shown}
+        self.callback_metrics = {**self.callback_metrics, **train_results, **shown}  # kept, as Lightning's
         if report is not None:
             self._call("on_validation_end", self.model)
         if self.is_global_zero:  # the other ranks hold the same state: rank 0 reports and saves it
             self.progress.on_epoch_end(epoch, self.logger.steps, shown)
-        if self.settings.enable_checkpointing and report is not None and self.top_k.at_validation():
+        # an epoch that max_steps cut short has no validation: its end looks at the last one's score
+        candidate = report is not None or (self.top_k_at_epoch_end and self.top_k.monitor in self.callback_metrics)
+        if self.settings.enable_checkpointing and candidate and self.top_k.at_validation():
             self._save_top_k(epoch)
         stopping = self.early_stopping if report is not None else None
         stop = stopping is not None and stopping.check(self.callback_metrics, epoch)
