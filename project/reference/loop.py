@@ -79,12 +79,16 @@ def train_one_epoch(
     epoch: int = 0,
     first_batch: int = 0,
     max_steps: int | None = None,
+    validate: Callable[[int], bool] | None = None,
+    val_check_batch: int = 0,
 ) -> dict[str, Tensor]:
     """One pass over the training data; returns the epoch's training metrics. A non-finite loss
     stops it before its gradients reach the weights. A resumed epoch starts at ``first_batch``
     (the loader starts there too). ``mix`` turns labels into mixed class probabilities (MixUp,
     CutMix); ``ema`` averages the weights after each optimizer step. ``max_steps``: the pass ends
-    after that many optimizer steps (what is left of the trainer's ``max_steps``)."""
+    after that many optimizer steps (what is left of the trainer's ``max_steps``). ``validate``
+    runs after every ``val_check_batch``-th batch but the last (Lightning's ``val_check_interval``);
+    it returns True to end the pass there (early stopping)."""
     model.train()
     if first_batch == 0:  # a resumed epoch goes on with the sums its checkpoint held
         metrics.reset()
@@ -114,9 +118,29 @@ def train_one_epoch(
             if on_step is not None:
                 on_step(loss.detach())
             steps += 1
-            if steps == max_steps:
+        if validate is not None and (i + 1) % val_check_batch == 0 and i + 1 < num_batches:
+            if validate(i + 1):
                 break
+            model.train()
+        if steps == max_steps:
+            break
     return metrics.compute()
+
+
+def validate(
+    model: nn.Module,
+    loader: Iterable,
+    criterion: nn.Module,
+    device: torch.device,
+    metrics: StageMetrics,
+    *,
+    num_batches: int,
+    precision: str,
+    ema: WeightEMA | None = None,
+) -> dict[str, Tensor]:
+    """``evaluate`` on the validation data, with the averaged weights when there is an ``ema``."""
+    with ema.swapped(model) if ema is not None else nullcontext():
+        return evaluate(model, loader, criterion, device, metrics, num_batches=num_batches, precision=precision)
 
 
 @torch.no_grad()
@@ -165,6 +189,7 @@ def fit(
     monitor: str = "val/loss",
     ema: WeightEMA | None = None,
     on_epoch_end: Callable[[int, dict, dict | None], bool] | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
     **train_options,
 ) -> None:
     """Train epochs ``first_epoch`` (0 unless resuming; from its batch ``first_batch``, optimizer
@@ -173,6 +198,8 @@ def fit(
     averaged weights when there is an ``ema``. A ``ReduceLROnPlateau`` steps on the latest
     validation's ``monitor`` value. With ``max_steps`` (-1: none), training ends after that
     optimizer step; an epoch it cuts short ends there, without its validation, as Lightning's does.
+    ``should_stop()``: a validation inside the epoch (``train_options``' ``validate``) asked to stop
+    there, as early stopping sets Lightning's ``trainer.should_stop``.
 
     ``on_epoch_end(epoch, train_results, val_results_or_None)`` is where the caller logs and saves
     checkpoints; it returns True to stop training after this epoch (early stopping).
@@ -208,12 +235,24 @@ def fit(
         )
         step += min(epoch_steps, steps_left)
         val_results = None
-        whole = steps_left >= epoch_steps
-        if whole and (epoch + 1) % check_val_every_n_epoch == 0 and num_val_batches > 0:
-            with ema.swapped(model) if ema is not None else nullcontext():  # validate the average
-                val_results = evaluate(
-                    model, val_loader, criterion, device, val_metrics, num_batches=num_val_batches, precision=precision
-                )
+        whole = steps_left >= epoch_steps and not should_stop()
+        val_every = train_options.get("val_check_batch") or num_train_batches  # the last batch, if a multiple
+        if (
+            whole
+            and num_train_batches % val_every == 0
+            and (epoch + 1) % check_val_every_n_epoch == 0
+            and num_val_batches
+        ):
+            val_results = validate(
+                model,
+                val_loader,
+                criterion,
+                device,
+                val_metrics,
+                num_batches=num_val_batches,
+                precision=precision,
+                ema=ema,
+            )
             monitored = val_results
         # before the epoch's scheduler step, as Lightning saves checkpoints
         stop = on_epoch_end is not None and on_epoch_end(epoch, train_results, val_results)
@@ -221,7 +260,7 @@ def fit(
             scheduler.step(plateau_value(monitored, monitor))
         elif scheduler is not None and scheduler_interval == "epoch":
             scheduler.step()
-        if stop or 0 <= max_steps <= step:
+        if stop or should_stop() or 0 <= max_steps <= step:
             break
     if ema is not None:
         ema.copy_to(model)  # training ends with the averaged weights, as Lightning's callback leaves them

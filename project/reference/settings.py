@@ -30,6 +30,7 @@ HONOURED_TRAINER_KEYS = {
     "limit_val_batches",
     "limit_test_batches",
     "check_val_every_n_epoch",
+    "val_check_interval",
     "default_root_dir",  # through the logger's save_dir, which the CLI sets from it
     "deterministic",
     "benchmark",
@@ -84,6 +85,7 @@ class TrainerSettings:
     limit_val_batches: int | float = 1.0
     limit_test_batches: int | float = 1.0
     check_val_every_n_epoch: int = 1
+    val_check_interval: int | float = 1.0  # a fraction of the epoch's batches, or a number of them
     deterministic: bool | str = False  # True, False or "warn"
     benchmark: bool | None = None  # cudnn.benchmark; None leaves it as it is
     log_every_n_steps: int = 50
@@ -122,6 +124,7 @@ class TrainerSettings:
             limit_val_batches=read_limit(trainer.get("limit_val_batches"), "limit_val_batches"),
             limit_test_batches=read_limit(trainer.get("limit_test_batches"), "limit_test_batches"),
             check_val_every_n_epoch=int(trainer.get("check_val_every_n_epoch") or 1),
+            val_check_interval=read_val_check_interval(trainer),
             deterministic=trainer.get("deterministic") or False,
             benchmark=trainer.get("benchmark"),
             log_every_n_steps=50 if every is None else int(every),
@@ -251,6 +254,33 @@ def read_max_steps(value: int | None) -> int:
     if steps < -1:
         raise ConfigError(f"trainer.max_steps={value}: -1 (no limit) or a number of optimizer steps")
     return steps
+
+
+def read_val_check_interval(trainer: dict) -> int | float:
+    """``trainer.val_check_interval``: a fraction of an epoch (float, up to 1.0) or a number of
+    training batches (int), with validation every epoch (``check_val_every_n_epoch: 1``)."""
+    value = trainer.get("val_check_interval")
+    value = 1.0 if value is None else value
+    valid = (isinstance(value, int) and value >= 1) or (isinstance(value, float) and 0 < value <= 1)
+    if not valid:
+        raise ConfigError(f"trainer.val_check_interval={value!r}: a fraction in (0, 1] or a number of batches")
+    if value != 1.0 and int(trainer.get("check_val_every_n_epoch") or 1) != 1:
+        raise ConfigError(
+            f"trainer.val_check_interval={value!r} with trainer.check_val_every_n_epoch="
+            f"{trainer.get('check_val_every_n_epoch')!r}: the reference validates inside every epoch only"
+        )
+    return value
+
+
+def val_check_batch(interval: int | float, num_batches: int) -> int:
+    """After how many training batches a validation comes, as Lightning counts it."""
+    if isinstance(interval, int):
+        if interval > num_batches:
+            raise ConfigError(
+                f"trainer.val_check_interval={interval}: more than the {num_batches} training batches of an epoch"
+            )
+        return interval
+    return max(1, int(num_batches * interval))
 
 
 def read_limit(value, key: str) -> int | float:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -21,7 +22,7 @@ from project.checkpoint_io import atomic_torch_save
 from project.data import ImageDataModule
 from project.ema import WeightEMA
 from project.epoch_report import report_epoch
-from project.errors import out_of_memory_hinted
+from project.errors import ConfigError, out_of_memory_hinted
 from project.factory import build_optimization, stepping_batches, steps_per_epoch
 from project.metrics import StageMetrics, build_stage_metrics
 from project.module import ImageClassifier
@@ -31,7 +32,7 @@ from project.reference.distributed import EpochShuffled, data_parallel, init_pro
 from project.reference.early_stopping import EarlyStop
 from project.reference.logger import ReferenceLogger, closed_on_error, next_version_dir
 from project.reference.progress import ReferenceProgress
-from project.reference.settings import TrainerSettings, configure_determinism, count_batches
+from project.reference.settings import TrainerSettings, configure_determinism, count_batches, val_check_batch
 from project.reference.stopping import ReferenceStop
 from project.reference.top_k import TopK
 
@@ -97,8 +98,10 @@ class ReferenceTrainer:
         train_loader, val_loader = datamodule.train_dataloader(), datamodule.val_dataloader()
         self.num_training_batches = count_batches(len(train_loader), s.limit_train_batches, "limit_train_batches")
         num_val = count_batches(len(val_loader), s.limit_val_batches, "limit_val_batches")
+        self.val_check_batch = val_check_batch(s.val_check_interval, self.num_training_batches)
         # Lightning's ModelCheckpoint then looks at each epoch's end, not at each validation's
-        self.top_k_at_epoch_end = s.check_val_every_n_epoch == 1 and num_val > 0
+        self.top_k_at_epoch_end = s.check_val_every_n_epoch == 1 and num_val > 0 and s.val_check_interval == 1.0
+        self.should_stop = False  # set by a validation inside an epoch (early stopping), as Lightning's
         # Under DDP the loop trains the wrapped network; model.net is the one with SyncBatchNorm layers
         # if asked for (same parameters and buffers), until the fit ends.
         single = model.net.to(s.device)
@@ -134,6 +137,11 @@ class ReferenceTrainer:
             model.scheduler_interval,
             model.lr,
         )
+        if isinstance(self.scheduler, ReduceLROnPlateau) and self.val_check_batch < self.num_training_batches:
+            raise ConfigError(
+                f"trainer.val_check_interval={s.val_check_interval!r} with ReduceLROnPlateau: the reference "
+                "steps it on the epoch-end validation only"
+            )
         self.optimizers = [optimizer]
         self.ema = WeightEMA(model.net, model.ema) if model.ema.decay is not None else None
         stopping = s.early_stopping
@@ -169,6 +177,9 @@ class ReferenceTrainer:
             monitor=getattr(self.scheduler, "monitor", model.monitor),
             ema=self.ema,
             on_epoch_end=self._on_epoch_end,
+            should_stop=lambda: self.should_stop,
+            validate=partial(self._validate_inside, net, val_loader, num_val),
+            val_check_batch=self.val_check_batch,
             scaler=loop.grad_scaler(s.device, s.precision),
             accumulate_grad_batches=s.accumulate_grad_batches,
             gradient_clip_val=s.gradient_clip_val,
@@ -185,6 +196,32 @@ class ReferenceTrainer:
         self.progress.on_step(self.logger.steps, self.logger.epoch, loss)
         if self.settings.enable_checkpointing and self.top_k.at_step(self.logger.steps, self.callback_metrics):
             self._save_top_k(self.logger.epoch, contract.mid_epoch(batches_done))
+
+    def _validate_inside(self, net, val_loader, num_val: int, batches_done: int) -> bool:
+        """A validation inside an epoch (``val_check_interval``), after its ``batches_done``-th batch,
+        as Lightning's runs there: the report and its logs, the callbacks, a top-k checkpoint that
+        holds the position in the epoch, and early stopping. True: the epoch ends here."""
+        s, epoch = self.settings, self.logger.epoch
+        if num_val == 0:
+            return False
+        loop.validate(
+            net,
+            self.progress.loader(val_loader, "val", num_val),
+            self.model.criterion,
+            s.device,
+            self.val_metrics,
+            num_batches=num_val,
+            precision=s.precision,
+            ema=self.ema,
+        )
+        report = report_epoch(self.val_metrics, epoch, self.model.class_names, self.logger.drawing)
+        self.logger.log_report(report, self.logger.steps - 1)
+        self.callback_metrics = {**self.callback_metrics, **report.shown, **report.scalars}
+        self._call("on_validation_end", self.model)
+        if s.enable_checkpointing and self.top_k.at_validation():
+            self._save_top_k(epoch, contract.mid_epoch(batches_done))
+        self.should_stop = self.early_stopping is not None and self.early_stopping.check(self.callback_metrics, epoch)
+        return self.should_stop
 
     def _on_epoch_end(self, epoch: int, train_results: dict, val_results: dict | None) -> bool:
         """What follows each epoch, as Lightning's hooks and callbacks do it: the epoch report (loss

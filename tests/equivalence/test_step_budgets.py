@@ -1,6 +1,8 @@
-"""`--trainer.max_steps` in both loops: Lightning's Trainer stops after that optimizer step, and an
-epoch it cuts short ends there without its validation (its end still logs, checkpoints and steps
-the schedulers); the reference loop does the same by hand."""
+"""Step budgets and validation inside epochs, in both loops. `--trainer.max_steps`: Lightning's
+Trainer stops after that optimizer step, and an epoch it cuts short ends there without its
+validation (its end still logs, checkpoints and steps the schedulers). `--trainer.val_check_interval`:
+a validation after every N-th batch (a fraction of the epoch, or a number), with its checkpoints and
+early stopping there. The reference loop does the same by hand."""
 
 from pathlib import Path
 
@@ -57,3 +59,59 @@ def test_one_cycle_runs_its_cycle_over_max_steps():
 def test_a_bad_max_steps_is_refused_by_name():
     with pytest.raises(ConfigError, match="trainer.max_steps=-2"):
         load_run([*EQUIV, "--trainer.max_steps=-2"])
+
+
+# 7 batches an epoch: 0.5 validates after batches 3 and 6 (not after the 7th), 2 after 2, 4 and 6, 7 after the 7th
+INTERVALS = {"half_an_epoch": ("0.5", 6), "every_2_batches": ("2", 9), "every_7_batches": ("7", 3)}
+
+
+@pytest.mark.parametrize("case", list(INTERVALS))
+def test_both_loops_validate_inside_epochs(case):
+    """`val_check_interval`: the same validations at the same batches, step for step equal, and the
+    same top-3 files, each saved at its validation."""
+    interval, validations = INTERVALS[case]
+    args = [*EQUIV, f"--trainer.val_check_interval={interval}", "--checkpoint.save_top_k=3"]
+    lit = compare.run_lightning(args, Path("runs"), case)
+    ref = compare.run_reference(args, Path(f"runs/{case}/reference"))
+    c = compare.compare(lit, ref, atol=0)
+    assert c.equivalent, compare.format_table(c)
+    assert len(c.val) == validations and c.batches == 21
+    folders = Path(f"runs/{case}/lightning/checkpoints"), Path(f"runs/{case}/reference/checkpoints")
+    assert len(kept(folders[0])) == 3
+    assert_same_files(kept(folders[0]), kept(folders[1]))
+
+
+def test_early_stopping_inside_an_epoch_with_step_checkpoints():
+    """EarlyStopping (patience 1, min_delta 0.5: only the first validation improves), validation every
+    half epoch, top 3 and a checkpoint look every 4 steps, at once: both loops stop after the second
+    validation, inside epoch 0 (after its 6th batch), with the same weights and files."""
+    args = [
+        *EQUIV,
+        "--trainer.val_check_interval=0.5",
+        "--checkpoint.save_top_k=3",
+        "--checkpoint.every_n_train_steps=4",
+        "--trainer.callbacks+=EarlyStopping",
+        "--trainer.callbacks.monitor=val/loss",
+        "--trainer.callbacks.patience=1",
+        "--trainer.callbacks.min_delta=0.5",
+    ]
+    lit = compare.run_lightning(args, Path("runs"), "all")
+    ref = compare.run_reference(args, Path("runs/all/reference"))
+    c = compare.compare(lit, ref, atol=0)
+    assert c.equivalent, compare.format_table(c)
+    assert len(c.val) == 2 and c.batches == 6
+    folders = Path("runs/all/lightning/checkpoints"), Path("runs/all/reference/checkpoints")
+    assert_same_files(kept(folders[0]), kept(folders[1]))
+    assert [read_checkpoint(folder / "last.ckpt")["global_step"] for folder in folders] == [6, 6]
+
+
+@pytest.mark.parametrize(
+    ("setting", "named"),
+    [
+        (["--trainer.val_check_interval=0.5", "--trainer.check_val_every_n_epoch=2"], "check_val_every_n_epoch"),
+        (["--trainer.val_check_interval=1.5"], "trainer.val_check_interval=1.5"),
+    ],
+)
+def test_what_the_reference_cannot_validate_inside_an_epoch_is_refused_by_name(setting, named):
+    with pytest.raises(ConfigError, match=named):
+        load_run([*EQUIV, *setting])
