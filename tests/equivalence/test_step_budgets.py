@@ -15,6 +15,16 @@ from project.reference.config import load_run
 from tests.equivalence.test_top_k import assert_same_files, kept
 from tests.helpers import EQUIV
 
+
+def run_both(args: list[str], name: str) -> tuple[compare.Comparison, tuple[Path, Path]]:
+    """Both loops on ``args``, equal step for step (atol 0); the comparison and their checkpoint folders."""
+    lit = compare.run_lightning(args, Path("runs"), name)
+    ref = compare.run_reference(args, Path(f"runs/{name}/reference"))
+    c = compare.compare(lit, ref, atol=0)
+    assert c.equivalent, compare.format_table(c)
+    return c, (Path(f"runs/{name}/lightning/checkpoints"), Path(f"runs/{name}/reference/checkpoints"))
+
+
 # 7 optimizer steps an epoch: 10 ends inside epoch 1, 14 at its end
 BUDGETS = {"inside_an_epoch": (10, 1), "at_an_epoch_end": (14, 2)}
 
@@ -26,12 +36,8 @@ def test_both_loops_stop_after_max_steps(case):
     candidate, the cut epoch's scored by the last validation."""
     max_steps, validations = BUDGETS[case]
     args = [*EQUIV, f"--trainer.max_steps={max_steps}", "--checkpoint.save_top_k=-1"]
-    lit = compare.run_lightning(args, Path("runs"), case)
-    ref = compare.run_reference(args, Path(f"runs/{case}/reference"))
-    c = compare.compare(lit, ref, atol=0)
-    assert c.equivalent, compare.format_table(c)
+    c, folders = run_both(args, case)
     assert c.batches == max_steps and len(c.val) == validations
-    folders = Path(f"runs/{case}/lightning/checkpoints"), Path(f"runs/{case}/reference/checkpoints")
     assert_same_files(kept(folders[0]), kept(folders[1]))
     assert len(kept(folders[0])) == 2  # epochs 0 and 1, either way
     for folder in folders:
@@ -71,12 +77,8 @@ def test_both_loops_validate_inside_epochs(case):
     same top-3 files, each saved at its validation."""
     interval, validations = INTERVALS[case]
     args = [*EQUIV, f"--trainer.val_check_interval={interval}", "--checkpoint.save_top_k=3"]
-    lit = compare.run_lightning(args, Path("runs"), case)
-    ref = compare.run_reference(args, Path(f"runs/{case}/reference"))
-    c = compare.compare(lit, ref, atol=0)
-    assert c.equivalent, compare.format_table(c)
+    c, folders = run_both(args, case)
     assert len(c.val) == validations and c.batches == 21
-    folders = Path(f"runs/{case}/lightning/checkpoints"), Path(f"runs/{case}/reference/checkpoints")
     assert len(kept(folders[0])) == 3
     assert_same_files(kept(folders[0]), kept(folders[1]))
 
@@ -95,12 +97,8 @@ def test_early_stopping_inside_an_epoch_with_step_checkpoints():
         "--trainer.callbacks.patience=1",
         "--trainer.callbacks.min_delta=0.5",
     ]
-    lit = compare.run_lightning(args, Path("runs"), "all")
-    ref = compare.run_reference(args, Path("runs/all/reference"))
-    c = compare.compare(lit, ref, atol=0)
-    assert c.equivalent, compare.format_table(c)
+    c, folders = run_both(args, "all")
     assert len(c.val) == 2 and c.batches == 6
-    folders = Path("runs/all/lightning/checkpoints"), Path("runs/all/reference/checkpoints")
     assert_same_files(kept(folders[0]), kept(folders[1]))
     assert [read_checkpoint(folder / "last.ckpt")["global_step"] for folder in folders] == [6, 6]
 
