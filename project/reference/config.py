@@ -12,7 +12,8 @@ from project.cli import TwinloopCLI
 from project.data import ImageDataModule
 from project.module import ImageClassifier
 from project.monitoring import run_hparams
-from project.reference.settings import TrainerSettings, refuse_unsupported
+from project.reference.refusal import refuse_unsupported
+from project.reference.settings import TrainerSettings
 from project.reference.trainer import ReferenceTrainer
 
 

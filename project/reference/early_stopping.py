@@ -88,3 +88,27 @@ class EarlyStop:
     def load_state_dict(self, state: dict) -> None:
         self.wait_count, self.stopped_epoch = state["wait_count"], state["stopped_epoch"]
         self.best_score, self.patience = state["best_score"], state["patience"]
+
+
+def user_callbacks(trainer: dict) -> list:
+    """``trainer.callbacks`` as a list (it may be one callback, or none)."""
+    given = trainer.get("callbacks") or []
+    return given if isinstance(given, list) else [given]
+
+
+def is_early_stopping(callback) -> bool:
+    return isinstance(callback, dict) and callback.get("class_path") == EARLY_STOPPING
+
+
+def read_early_stopping(trainer: dict) -> dict | None:
+    """The arguments of the config's ``EarlyStopping`` callback (at most one), checked, or None."""
+    found = [c for c in user_callbacks(trainer) if is_early_stopping(c)]
+    if len(found) > 1:
+        raise ConfigError("trainer.callbacks: more than one EarlyStopping; the reference loop mirrors one")
+    if found and trainer.get("limit_val_batches") == 0:
+        raise ConfigError("trainer.callbacks: EarlyStopping with trainer.limit_val_batches=0 has nothing to monitor")
+    if not found:
+        return None
+    init_args = found[0].get("init_args") or {}
+    EarlyStop.from_config(init_args)  # refused here, before any work, if it cannot be mirrored
+    return init_args

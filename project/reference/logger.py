@@ -80,12 +80,9 @@ class ReferenceLogger:
         """The pictures to draw for an epoch report: only where they are written."""
         return self.pictures if self.writer is not None else None
 
-    def on_epoch_end(self, epoch: int, train: dict, report: EpochReport | None) -> None:
-        """The epoch's training metrics and, after a validation, its report."""
-        step = self.steps - 1
-        self._scalars(train, step)
-        if report is not None:
-            self.log_report(report, step)
+    def on_epoch_end(self, epoch: int, train: dict) -> None:
+        """The epoch's training metrics, at its last step (its validation's report is logged before)."""
+        self._scalars(train, self.steps - 1)
         self.epoch = epoch + 1
 
     def log_report(self, report: EpochReport, step: int = 0) -> None:

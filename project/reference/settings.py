@@ -1,5 +1,5 @@
 """What the Trainer arguments mean to the reference loop: the honoured keys, read as Lightning reads
-them, and the refusal of everything else, so that the loop never silently does something else."""
+them (the refusal of everything else is in ``refusal.py``)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,8 @@ from pathlib import Path
 import torch
 
 from project.errors import ConfigError
-from project.reference.early_stopping import EARLY_STOPPING, EarlyStop
-from project.reference.top_k import HONOURED as TOP_K_KEYS
-from project.reference.top_k import TopK
+from project.reference.early_stopping import read_early_stopping
+from project.reference.top_k import read_checkpoint_args
 
 # Trainer keys the reference loop carries out. Any other key must keep its default.
 HONOURED_TRAINER_KEYS = {
@@ -56,18 +55,6 @@ PRECISIONS = {
     "16": "16-mixed",
     "16-mixed": "16-mixed",
 }
-# Config groups of Lightning callbacks that the reference loop mirrors only at their defaults.
-CALLBACK_GROUPS = ("checkpoint", "last_checkpoint", "lr_monitor")
-# What a refusal lists as what the reference can mirror instead.
-MIRRORED = (
-    "trainer."
-    + ", trainer.".join(sorted(HONOURED_TRAINER_KEYS - {"logger", "callbacks"}))
-    + "; trainer.logger with one TensorBoardLogger; trainer.callbacks with EarlyStopping; checkpoint."
-    + ", checkpoint.".join(TOP_K_KEYS)
-    + "; the rest of "
-    + ", ".join(CALLBACK_GROUPS)
-    + " at their defaults; preemption; the model.* and data.* options. No other trainer.callbacks."
-)
 
 
 @dataclass
@@ -305,63 +292,6 @@ def count_batches(length: int, limit: int | float, key: str) -> int:
             f"use at least {1 / length:.3g} or a whole number of batches"
         )
     return n
-
-
-def refuse_unsupported(config: dict, defaults: dict) -> None:
-    """Refuse every setting the reference loop would otherwise ignore, naming it."""
-    unsupported = [
-        f"trainer.{k}={v!r}"
-        for k, v in config["trainer"].items()
-        if k not in HONOURED_TRAINER_KEYS and v != defaults["trainer"].get(k)
-    ]
-    for group in CALLBACK_GROUPS:
-        followed = TOP_K_KEYS if group == "checkpoint" else ()
-        unsupported += [
-            f"{group}.{k}={v!r}" for k, v in config[group].items() if v != defaults[group].get(k) and k not in followed
-        ]
-    unsupported += [f"trainer.callbacks={c!r}" for c in user_callbacks(config["trainer"]) if not is_early_stopping(c)]
-    logger = config["trainer"].get("logger")
-    if not (isinstance(logger, dict) and logger.get("class_path", "").endswith("TensorBoardLogger")):
-        unsupported.append(f"trainer.logger={logger!r} (the reference loop logs to TensorBoard)")
-    if unsupported:
-        raise ConfigError(
-            "The reference loop does not implement these settings, so it cannot match Lightning: "
-            + ", ".join(sorted(unsupported))
-            + ". Remove them from the config to compare. It mirrors: "
-            + MIRRORED
-        )
-
-
-def read_checkpoint_args(checkpoint: dict | None) -> dict:
-    """The ``checkpoint`` group's keys that the reference follows, checked before any work."""
-    args = {k: v for k, v in (checkpoint or {}).items() if k in TOP_K_KEYS}
-    args = {"monitor": "val/acc", "mode": "max", **args}
-    TopK.from_config(args, Path("."))
-    return args
-
-
-def user_callbacks(trainer: dict) -> list:
-    """``trainer.callbacks`` as a list (it may be one callback, or none)."""
-    given = trainer.get("callbacks") or []
-    return given if isinstance(given, list) else [given]
-
-
-def is_early_stopping(callback) -> bool:
-    return isinstance(callback, dict) and callback.get("class_path") == EARLY_STOPPING
-
-
-def read_early_stopping(trainer: dict) -> dict | None:
-    """The arguments of the config's ``EarlyStopping`` callback (at most one), checked, or None."""
-    found = [c for c in user_callbacks(trainer) if is_early_stopping(c)]
-    if len(found) > 1:
-        raise ConfigError("trainer.callbacks: more than one EarlyStopping; the reference loop mirrors one")
-    if found and trainer.get("limit_val_batches") == 0:
-        raise ConfigError("trainer.callbacks: EarlyStopping with trainer.limit_val_batches=0 has nothing to monitor")
-    if not found:
-        return None
-    init_args = found[0].get("init_args") or {}
-    EarlyStop.from_config(init_args)  # refused here, before any work, if it cannot be mirrored
-    return init_args
 
 
 def configure_determinism(settings: TrainerSettings) -> None:

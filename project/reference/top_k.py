@@ -136,3 +136,11 @@ class TopK:
             self.best_k_models = dict(state.get("best_k_models", {}))
             self.kth_best_model_path = state.get("kth_best_model_path", "")
         self.best_model_path = state.get("best_model_path", "")
+
+
+def read_checkpoint_args(checkpoint: dict | None) -> dict:
+    """The ``checkpoint`` group's keys that the reference follows, checked before any work."""
+    args = {k: v for k, v in (checkpoint or {}).items() if k in HONOURED}
+    args = {"monitor": "val/acc", "mode": "max", **args}
+    TopK.from_config(args, Path("."))
+    return args

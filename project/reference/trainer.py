@@ -21,7 +21,7 @@ from project import monitoring
 from project.checkpoint_io import atomic_torch_save
 from project.data import ImageDataModule
 from project.ema import WeightEMA
-from project.epoch_report import report_epoch
+from project.epoch_report import EpochReport, report_epoch
 from project.errors import ConfigError, out_of_memory_hinted
 from project.factory import build_optimization, stepping_batches, steps_per_epoch
 from project.metrics import StageMetrics, build_stage_metrics
@@ -214,35 +214,40 @@ class ReferenceTrainer:
             precision=s.precision,
             ema=self.ema,
         )
-        report = report_epoch(self.val_metrics, epoch, self.model.class_names, self.logger.drawing)
-        self.logger.log_report(report, self.logger.steps - 1)
-        self.callback_metrics = {**self.callback_metrics, **report.shown, **report.scalars}
-        self._call("on_validation_end", self.model)
+        self._report_validation(epoch)
         if s.enable_checkpointing and self.top_k.at_validation():
             self._save_top_k(epoch, contract.mid_epoch(batches_done))
-        self.should_stop = self.early_stopping is not None and self.early_stopping.check(self.callback_metrics, epoch)
+        self.should_stop = self._stops_early(epoch)
         return self.should_stop
 
+    def _report_validation(self, epoch: int) -> EpochReport:
+        """What follows every validation, inside an epoch or at its end: the report (loss check and
+        best score) logged at the last step, the metrics the callbacks see, and their hook."""
+        report = report_epoch(self.val_metrics, epoch, self.model.class_names, self.logger.drawing)
+        self.logger.log_report(report, self.logger.steps - 1)
+        self.callback_metrics = {**self.callback_metrics, **report.shown, **report.scalars}  # kept, as Lightning's
+        self._call("on_validation_end", self.model)
+        return report
+
+    def _stops_early(self, epoch: int) -> bool:
+        """Early stopping's rule on the latest validation (never without the callback)."""
+        return self.early_stopping is not None and self.early_stopping.check(self.callback_metrics, epoch)
+
     def _on_epoch_end(self, epoch: int, train_results: dict, val_results: dict | None) -> bool:
-        """What follows each epoch, as Lightning's hooks and callbacks do it: the epoch report (loss
-        check and best score), logging, the callbacks, the epoch's line, the best checkpoint, early
-        stopping and ``last.ckpt`` (before the epoch's scheduler step). True: training stops here."""
-        report = None
-        if val_results is not None:
-            report = report_epoch(self.val_metrics, epoch, self.model.class_names, self.logger.drawing)
-        self.logger.on_epoch_end(epoch, train_results, report)
+        """What follows each epoch, as Lightning's hooks and callbacks do it: its validation's report,
+        the training metrics, the epoch's line, the best checkpoints, early stopping and
+        ``last.ckpt`` (before the epoch's scheduler step). True: training stops here."""
+        report = self._report_validation(epoch) if val_results is not None else None
+        self.logger.on_epoch_end(epoch, train_results)
+        self.callback_metrics = {**self.callback_metrics, **train_results}
         shown = {**report.shown, **report.scalars} if report is not None else {}
-        self.callback_metrics = {**self.callback_metrics, **train_results, **shown}  # kept, as Lightning's
-        if report is not None:
-            self._call("on_validation_end", self.model)
         if self.is_global_zero:  # the other ranks hold the same state: rank 0 reports and saves it
             self.progress.on_epoch_end(epoch, self.logger.steps, shown)
         # an epoch that max_steps cut short has no validation: its end looks at the last one's score
         candidate = report is not None or (self.top_k_at_epoch_end and self.top_k.monitor in self.callback_metrics)
         if self.settings.enable_checkpointing and candidate and self.top_k.at_validation():
             self._save_top_k(epoch)
-        stopping = self.early_stopping if report is not None else None
-        stop = stopping is not None and stopping.check(self.callback_metrics, epoch)
+        stop = report is not None and self._stops_early(epoch)
         if self.is_global_zero and self.settings.enable_checkpointing:
             self._save(self._state(epoch), "last.ckpt")  # with the early-stopping count, as Lightning's
         self.model.backbone_freeze.set_epoch(epoch + 1)
