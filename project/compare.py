@@ -9,6 +9,7 @@ validation metrics of every epoch. It exits 0 only when the two loops are equiva
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import math
 import os
@@ -29,17 +30,26 @@ from project.reference.config import load_run, read_config
 from project.reference.settings import read_processes, requested_processes
 
 
+def logger_args(args: list[str], log_root: Path, name: str) -> list[str]:
+    """Every logger of the config writes to ``log_root/name/lightning``."""
+    where = {"save_dir": str(log_root), "name": name, "version": "lightning"}
+    loggers = read_config(args)["trainer"].get("logger")
+    if isinstance(loggers, list):
+        loggers = [{**logger, "init_args": {**(logger.get("init_args") or {}), **where}} for logger in loggers]
+        return [f"--trainer.logger={json.dumps(loggers)}"]
+    return [f"--trainer.logger.init_args.{key}={value}" for key, value in where.items()]
+
+
 def run_lightning(args: list[str], log_root: Path, name: str, distributed: bool = False) -> Recorder:
     recorder = Recorder()
     with warnings.catch_warnings():  # it is meant: the arguments come from this command, not sys.argv
         warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter.*")
+        warnings.filterwarnings("ignore", message=".*exists and is not empty.*")  # CSV beside TensorBoard: meant
         cli = TwinloopCLI(
             args=[
                 *args,
                 *([] if distributed else ["--trainer.devices=1"]),  # `auto` would take every GPU
-                f"--trainer.logger.init_args.save_dir={log_root}",
-                f"--trainer.logger.init_args.name={name}",
-                "--trainer.logger.init_args.version=lightning",
+                *logger_args(args, log_root, name),
             ],
             run=False,
         )
@@ -160,6 +170,23 @@ def compare(lit: Recorder, ref: Recorder, atol: float = 1e-6) -> Comparison:
     return c
 
 
+def csv_problems(lightning_dir: Path, reference_dir: Path) -> list[str]:
+    """Where the two runs' ``metrics.csv`` (written when a CSVLogger is configured) differ: the
+    same rows, columns and values as text, or the first row that is not."""
+    lit, ref = (
+        list(csv.DictReader(path.open(newline=""))) if path.is_file() else None
+        for path in (lightning_dir / "metrics.csv", reference_dir / "metrics.csv")
+    )
+    if lit is None and ref is None:
+        return []
+    if lit is None or ref is None:
+        return [f"metrics.csv written by {'the reference' if lit is None else 'Lightning'} only"]
+    for i, (a, b) in enumerate(zip(lit, ref)):
+        if a != b:
+            return [f"metrics.csv row {i} differs: lightning {a}, reference {b}"]
+    return [] if len(lit) == len(ref) else [f"metrics.csv rows differ: lightning {len(lit)}, reference {len(ref)}"]
+
+
 def format_table(c: Comparison) -> str:
     rows = [
         ("training batches compared", f"{c.batches}"),
@@ -212,6 +239,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     opts, rest = parser.parse_known_args(argv)
     trainer = read_config(rest)["trainer"]
+    if trainer.get("max_time") is not None:
+        parser.error(
+            f"--trainer.max_time {trainer['max_time']}: each loop stops on its own clock, so the two stop at "
+            "different steps; compare them with a step budget (--trainer.max_steps). The test suite compares "
+            "max_time on a clock that ticks once a step (tests/equivalence/test_step_budgets.py)"
+        )
     processes = read_processes(trainer.get("strategy"), os.environ)
     # `devices: auto` stays one device here, as before: on a multi-GPU machine it would take them all
     wanted = 1 if str(trainer.get("devices", "auto")) == "auto" else requested_processes(trainer)
@@ -233,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"reference resumed from {opts.resume_reference}: {lit.steps} optimizer steps after it compared")
     # Each rank compares what it saw (its own batches' losses, the shared weights); rank 0 reports.
     result = compare(lit, ref, opts.atol)
+    if processes.rank == 0 and not opts.resume_reference:  # a resumed reference logs only from its step on
+        result.problems += csv_problems(root / name / "lightning", root / name / "reference")
     if processes.rank != 0:
         for problem in result.problems:
             print(f"rank {processes.rank}: {problem}", file=sys.stderr)

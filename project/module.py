@@ -152,8 +152,8 @@ class ImageClassifier(L.LightningModule):
             report = report_epoch(self.val_metrics, self.current_epoch, self.class_names, pictures)
             self.log_dict(report.shown, prog_bar=True)
             self.log_dict(report.scalars)
-            if self.logger is not None:  # at val/acc's step; each self.log key costs ~1 ms an epoch, 100 on CIFAR-100
-                self.logger.log_metrics(report.per_class, step=max(self.global_step - 1, 0))
+            for logger in self.loggers:  # at val/acc's step; each self.log key costs ~1 ms an epoch, 100 on CIFAR-100
+                logger.log_metrics(report.per_class, step=max(self.global_step - 1, 0))
             if writer is not None:
                 report.write_pictures(writer, self.global_step)
         self.val_metrics.reset()

@@ -65,6 +65,13 @@ def any_rank(flag: bool, device: torch.device) -> bool:
     return bool(value.item())
 
 
+def from_rank_zero(flag: bool, device: torch.device) -> bool:
+    """Rank 0's ``flag``, on every rank."""
+    value = torch.tensor(float(flag), device=device)
+    dist.broadcast(value, src=0)
+    return bool(value.item())
+
+
 def data_parallel(net: nn.Module, processes: Processes, device: torch.device, sync_batchnorm: bool):
     """``(network for the loop, network with its layers)``: under DDP the network wrapped as
     Lightning's DDP strategy wraps it, after its BatchNorm layers were made SyncBatchNorm if asked

@@ -79,16 +79,15 @@ def train_one_epoch(
     epoch: int = 0,
     first_batch: int = 0,
     max_steps: int | None = None,
-    validate: Callable[[int], bool] | None = None,
-    val_check_batch: int = 0,
+    after_batch: Callable[[int], bool] | None = None,
 ) -> dict[str, Tensor]:
     """One pass over the training data; returns the epoch's training metrics. A non-finite loss
     stops it before its gradients reach the weights. A resumed epoch starts at ``first_batch``
     (the loader starts there too). ``mix`` turns labels into mixed class probabilities (MixUp,
     CutMix); ``ema`` averages the weights after each optimizer step. ``max_steps``: the pass ends
-    after that many optimizer steps (what is left of the trainer's ``max_steps``). ``validate``
-    runs after every ``val_check_batch``-th batch but the last (Lightning's ``val_check_interval``);
-    it returns True to end the pass there (early stopping)."""
+    after that many optimizer steps (what is left of the trainer's ``max_steps``). ``after_batch``
+    runs after each batch, with the number done: a validation inside the epoch when one is due
+    (Lightning's ``val_check_interval``), the time limit; it returns True to end the pass there."""
     model.train()
     if first_batch == 0:  # a resumed epoch goes on with the sums its checkpoint held
         metrics.reset()
@@ -118,10 +117,8 @@ def train_one_epoch(
             if on_step is not None:
                 on_step(loss.detach())
             steps += 1
-        if validate is not None and (i + 1) % val_check_batch == 0 and i + 1 < num_batches:
-            if validate(i + 1):
-                break
-            model.train()
+        if after_batch is not None and after_batch(i + 1):
+            break
         if steps == max_steps:
             break
     return metrics.compute()
@@ -190,6 +187,7 @@ def fit(
     ema: WeightEMA | None = None,
     on_epoch_end: Callable[[int, dict, dict | None], bool] | None = None,
     should_stop: Callable[[], bool] = lambda: False,
+    val_check_batch: int = 0,
     **train_options,
 ) -> None:
     """Train epochs ``first_epoch`` (0 unless resuming; from its batch ``first_batch``, optimizer
@@ -198,8 +196,9 @@ def fit(
     averaged weights when there is an ``ema``. A ``ReduceLROnPlateau`` steps on the latest
     validation's ``monitor`` value. With ``max_steps`` (-1: none), training ends after that
     optimizer step; an epoch it cuts short ends there, without its validation, as Lightning's does.
-    ``should_stop()``: a validation inside the epoch (``train_options``' ``validate``) asked to stop
-    there, as early stopping sets Lightning's ``trainer.should_stop``.
+    ``should_stop()``: training stops where the epoch ended (``train_options``' ``after_batch``: early
+    stopping at a validation inside it, the time limit), as Lightning's ``trainer.should_stop``.
+    ``val_check_batch``: the epoch's end validates when its batches are a multiple of it.
 
     ``on_epoch_end(epoch, train_results, val_results_or_None)`` is where the caller logs and saves
     checkpoints; it returns True to stop training after this epoch (early stopping).
@@ -236,7 +235,7 @@ def fit(
         step += min(epoch_steps, steps_left)
         val_results = None
         whole = steps_left >= epoch_steps and not should_stop()
-        val_every = train_options.get("val_check_batch") or num_train_batches  # the last batch, if a multiple
+        val_every = val_check_batch or num_train_batches  # the last batch, if a multiple
         if (
             whole
             and num_train_batches % val_every == 0

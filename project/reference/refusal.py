@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from project.errors import ConfigError
 from project.reference.early_stopping import is_early_stopping, user_callbacks
-from project.reference.settings import HONOURED_TRAINER_KEYS
+from project.reference.settings import HONOURED_TRAINER_KEYS, read_loggers
 from project.reference.top_k import HONOURED as TOP_K_KEYS
 
 # Config groups of Lightning callbacks that the reference loop mirrors only at their defaults.
@@ -14,7 +14,8 @@ CALLBACK_GROUPS = ("checkpoint", "last_checkpoint", "lr_monitor")
 MIRRORED = (
     "trainer."
     + ", trainer.".join(sorted(HONOURED_TRAINER_KEYS - {"logger", "callbacks"}))
-    + "; trainer.logger with one TensorBoardLogger; trainer.callbacks with EarlyStopping; checkpoint."
+    + "; trainer.logger with a TensorBoardLogger, a CSVLogger or both"
+    + "; trainer.callbacks with EarlyStopping; checkpoint."
     + ", checkpoint.".join(TOP_K_KEYS)
     + "; the rest of "
     + ", ".join(CALLBACK_GROUPS)
@@ -35,9 +36,11 @@ def refuse_unsupported(config: dict, defaults: dict) -> None:
             f"{group}.{k}={v!r}" for k, v in config[group].items() if v != defaults[group].get(k) and k not in followed
         ]
     unsupported += [f"trainer.callbacks={c!r}" for c in user_callbacks(config["trainer"]) if not is_early_stopping(c)]
-    logger = config["trainer"].get("logger")
-    if not (isinstance(logger, dict) and logger.get("class_path", "").endswith("TensorBoardLogger")):
-        unsupported.append(f"trainer.logger={logger!r} (the reference loop logs to TensorBoard)")
+    try:
+        read_loggers(config["trainer"].get("logger"))
+    except ConfigError:
+        logger = config["trainer"].get("logger")
+        unsupported.append(f"trainer.logger={logger!r} (the reference loop writes TensorBoard and CSV logs)")
     if unsupported:
         raise ConfigError(
             "The reference loop does not implement these settings, so it cannot match Lightning: "

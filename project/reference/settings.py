@@ -4,10 +4,13 @@ them (the refusal of everything else is in ``refusal.py``)."""
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
+from typing import cast
 
 import torch
 
@@ -19,6 +22,7 @@ from project.reference.top_k import read_checkpoint_args
 HONOURED_TRAINER_KEYS = {
     "max_epochs",
     "max_steps",
+    "max_time",
     "accelerator",
     "devices",
     "precision",
@@ -47,6 +51,8 @@ HONOURED_TRAINER_KEYS = {
     "sync_batchnorm",
 }
 STRATEGIES = ("auto", "ddp")
+# The loggers the reference writes as Lightning's do, by class name: the same scalars at the same steps.
+LOGGER_KINDS = {"TensorBoardLogger": "tensorboard", "CSVLogger": "csv"}
 PRECISIONS = {
     "32": "32-true",
     "32-true": "32-true",
@@ -63,6 +69,7 @@ class TrainerSettings:
 
     max_epochs: int = 1000
     max_steps: int = -1  # -1: no limit
+    max_time: float | None = None  # seconds of training, Lightning's Timer (stopping.TimeLimit)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     precision: str = "32-true"
     accumulate_grad_batches: int = 1
@@ -78,7 +85,8 @@ class TrainerSettings:
     log_every_n_steps: int = 50
     enable_progress_bar: bool = True
     enable_checkpointing: bool = True
-    log_root: Path = Path("lightning_logs")  # the TensorBoard logger's save_dir / name
+    log_root: Path = Path("lightning_logs")  # the first logger's save_dir / name
+    loggers: tuple[str, ...] = ("tensorboard",)  # what the reference writes: "tensorboard", "csv"
     processes: Processes = field(default_factory=lambda: Processes())
     sync_batchnorm: bool = False
     early_stopping: dict | None = None  # the EarlyStopping callback's arguments, checked
@@ -94,13 +102,17 @@ class TrainerSettings:
         device = read_device(trainer.get("accelerator"), trainer.get("devices", "auto"), num_nodes, processes)
         clip_val = trainer.get("gradient_clip_val")
         every = trainer.get("log_every_n_steps")
-        logger = trainer.get("logger")
-        logger_args = logger.get("init_args", {}) if isinstance(logger, dict) else {}
+        logger = trainer.get("logger")  # (the CLI's default is a TensorBoardLogger, as Lightning's)
+        loggers: list[dict] = (
+            read_loggers(logger) if isinstance(logger, dict | list) else [{"class_path": "TensorBoardLogger"}]
+        )
+        logger_args: dict = loggers[0].get("init_args") or {}
         sync_batchnorm = bool(trainer.get("sync_batchnorm"))
         if sync_batchnorm and device.type == "cpu":
             raise ConfigError("trainer.sync_batchnorm=true: torch's SyncBatchNorm runs on GPUs only; set it to false")
         return cls(
-            max_epochs=read_max_epochs(trainer.get("max_epochs")),
+            max_epochs=read_max_epochs(trainer.get("max_epochs"), trainer.get("max_time")),
+            max_time=read_max_time(trainer.get("max_time")),
             max_steps=read_max_steps(trainer.get("max_steps")),
             device=device,
             precision=read_precision(trainer.get("precision"), device),
@@ -118,11 +130,26 @@ class TrainerSettings:
             enable_progress_bar=trainer.get("enable_progress_bar") is not False,
             enable_checkpointing=trainer.get("enable_checkpointing") is not False,
             log_root=Path(logger_args.get("save_dir") or ".") / (logger_args.get("name") or ""),
+            loggers=tuple(LOGGER_KINDS[logger["class_path"].rpartition(".")[2]] for logger in loggers),
             processes=processes,
             sync_batchnorm=sync_batchnorm,
             early_stopping=read_early_stopping(trainer),
             checkpoint=read_checkpoint_args(checkpoint),
         )
+
+
+def read_loggers(logger: object) -> list[dict]:
+    """``trainer.logger`` as a list of loggers (one, or several at once), each one the reference
+    writes: a TensorBoardLogger or a CSVLogger, each at most once. The first one's folder holds the
+    run, as Lightning's checkpoints follow its first logger."""
+    loggers = logger if isinstance(logger, list) else [logger]
+    names = [item.get("class_path", "").rpartition(".")[2] if isinstance(item, dict) else None for item in loggers]
+    if not loggers or any(name not in LOGGER_KINDS for name in names) or len(set(names)) < len(names):
+        raise ConfigError(
+            f"trainer.logger={logger!r}: the reference loop writes a TensorBoardLogger's and a CSVLogger's files, "
+            "each at most once; give one of them or both as a list"
+        )
+    return cast(list[dict], loggers)
 
 
 @dataclass(frozen=True)
@@ -223,8 +250,14 @@ def read_precision(precision: str | int | None, device: torch.device) -> str:
     return name
 
 
-def read_max_epochs(value: int | None) -> int:
-    """Lightning's default of 1000 when unset; -1 (no limit) has no end the reference could mirror."""
+def read_max_epochs(value: int | None, max_time: object = None) -> int:
+    """Lightning's default of 1000 when unset; -1 (no limit) has no end the reference could mirror,
+    nor has an unset one beside ``max_time`` (Lightning then trains without an epoch limit)."""
+    if value is None and max_time is not None:
+        raise ConfigError(
+            f"trainer.max_time={max_time!r} without trainer.max_epochs: Lightning trains without an epoch limit "
+            "then, and the reference loop needs one; set trainer.max_epochs too"
+        )
     if value is None:
         return 1000
     if int(value) < 0:
@@ -233,6 +266,22 @@ def read_max_epochs(value: int | None) -> int:
             "and the reference loop needs one; set a number of epochs"
         )
     return int(value)
+
+
+def read_max_time(value: object) -> float | None:
+    """``trainer.max_time`` in seconds, as Lightning's Timer reads it: "DD:HH:MM:SS" or a dict of
+    ``timedelta``'s arguments (``{minutes: 30}``)."""
+    if value is None:
+        return None
+    try:
+        if isinstance(value, str):
+            days, hours, minutes, seconds = re.fullmatch(r"(\d+):(\d\d):(\d\d):(\d\d)", value.strip()).groups()  # type: ignore[union-attr]
+            value = {"days": int(days), "hours": int(hours), "minutes": int(minutes), "seconds": int(seconds)}
+        return (value if isinstance(value, timedelta) else timedelta(**value)).total_seconds()  # type: ignore[arg-type]
+    except (AttributeError, TypeError) as e:
+        raise ConfigError(
+            f"trainer.max_time={value!r}: give DD:HH:MM:SS (00:12:00:00 is 12 hours) or a dict such as {{minutes: 30}}"
+        ) from e
 
 
 def read_max_steps(value: int | None) -> int:

@@ -7,14 +7,16 @@ from __future__ import annotations
 
 import signal
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 import torch
 
 from project import checkpoint_contract as contract
 from project.preemption import Preempted, StopSignals, requeue, slurm_job_id, stop_message
-from project.reference.distributed import any_rank
+from project.reference.distributed import any_rank, from_rank_zero
 from project.reference.logger import ReferenceLogger
 from project.reference.settings import TrainerSettings
 
@@ -77,3 +79,37 @@ class ReferenceStop:
             written = self.settings.enable_checkpointing and path.is_file()
             print(stop_message(signum, path if written else None, where, new), file=sys.stderr, flush=True)
         raise Preempted(signum)
+
+
+class TimeLimit:
+    """``trainer.max_time``, as Lightning's Timer callback keeps it: the seconds of training since it
+    started (``begin``), plus those of the run it resumed (its checkpoint's ``train`` time), checked
+    after every training batch and once before training. Its state goes under the Timer's key."""
+
+    state_key = "Timer"
+    STAGES = ("train", "sanity_check", "validate", "test", "predict")
+
+    def __init__(self, seconds: float | None, settings: TrainerSettings):
+        self.seconds, self.settings = seconds, settings
+        self.offset, self.start = 0.0, cast(float | None, None)
+
+    def begin(self) -> None:
+        self.start = time.monotonic()
+
+    def elapsed(self) -> float:
+        return self.offset + (time.monotonic() - self.start if self.start is not None else 0.0)
+
+    def reached(self) -> bool:
+        """Whether the limit is reached: rank 0's clock decides for every rank, as Lightning's broadcast."""
+        if self.seconds is None:
+            return False
+        reached = self.elapsed() >= self.seconds
+        if self.settings.processes.distributed:
+            reached = from_rank_zero(reached, self.settings.device)
+        return reached
+
+    def state_dict(self) -> dict:
+        return {"time_elapsed": {stage: self.elapsed() if stage == "train" else 0.0 for stage in self.STAGES}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.offset = state.get("time_elapsed", {}).get("train", 0.0)

@@ -35,6 +35,7 @@ class TopK:
     best_k_models: dict[str, Tensor] = field(default_factory=dict)  # path -> score
     kth_best_model_path: str = ""
     best_model_path: str = ""
+    last_saved_step: int = 0  # one file a step at most, as ModelCheckpoint saves (not in its state)
 
     @classmethod
     def from_config(cls, checkpoint: dict, dirpath: Path) -> TopK:
@@ -68,7 +69,10 @@ class TopK:
         return n > 0 and step % n == 0 and self.monitor in metrics
 
     def consider(self, metrics: dict, epoch: int, step: int) -> tuple[Path | None, Path | None]:
-        """The file to save now (None: this candidate is not in the top k), and the file it replaces."""
+        """The file to save now (None: this candidate is not in the top k, or this step has its file
+        already), and the file it replaces."""
+        if step == self.last_saved_step:
+            return None, None
         current = metrics.get(self.monitor)
         if current is None:
             raise ConfigError(f"checkpoint.monitor={self.monitor!r} is not among the validation's {sorted(metrics)}")
@@ -91,6 +95,7 @@ class TopK:
         if len(self.best_k_models) == k:
             self.kth_best_model_path = worst(self.best_k_models, key=self.best_k_models.__getitem__)
         self.best_model_path = best(self.best_k_models, key=self.best_k_models.__getitem__)
+        self.last_saved_step = step
         return Path(path), Path(replaced) if replaced else None
 
     def _free_path(self, metrics: dict, replaced: str | None) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Sequence
+from datetime import timedelta
 from functools import partial
 from pathlib import Path
 
@@ -33,7 +34,7 @@ from project.reference.early_stopping import EarlyStop
 from project.reference.logger import ReferenceLogger, closed_on_error, next_version_dir
 from project.reference.progress import ReferenceProgress
 from project.reference.settings import TrainerSettings, configure_determinism, count_batches, val_check_batch
-from project.reference.stopping import ReferenceStop
+from project.reference.stopping import ReferenceStop, TimeLimit
 from project.reference.top_k import TopK
 
 
@@ -110,12 +111,15 @@ class ReferenceTrainer:
         self.logger.watch(net, self.optimizers[0])
         self._call("on_train_start", model)
         start = self._resume(checkpoint) if checkpoint is not None else contract.ResumePoint(0, 0, 0)
+        time_spent = self.time_limit.reached()  # a resumed run whose max_time is spent trains no more
+        self.time_limit.begin()
         self.progress.start_fit(self.estimated_stepping_batches, s.max_epochs, self.logger.steps)
         signals = StopSignals(requeue_signal=self.requeue_signal)
         self.stop = ReferenceStop(signals, s, lambda: self.log_dir / "checkpoints" / "last.ckpt", self._save_last)
         model.backbone_freeze.set_epoch(start.epoch)  # each later epoch's at the end of the one before
         with signals, out_of_memory_hinted(datamodule.batch_size, s.precision), closed_on_error(self.logger):
-            self._train(net, EpochShuffled(train_loader, start.epoch), val_loader, num_val, start)
+            if not time_spent:
+                self._train(net, EpochShuffled(train_loader, start.epoch), val_loader, num_val, start)
         self._call("on_train_end", model)
         self._call("on_fit_end", model)
         model.net = single
@@ -147,6 +151,7 @@ class ReferenceTrainer:
         stopping = s.early_stopping
         self.early_stopping = EarlyStop.from_config(stopping) if stopping is not None else None
         self.top_k = TopK.from_config(s.checkpoint, self.log_dir / "checkpoints")
+        self.time_limit = TimeLimit(s.max_time, s)
         self.train_metrics, self.val_metrics = (self._metrics(stage, model) for stage in ("train", "val"))
         self.logger = self._logger(model, self.datamodule, purge_step=checkpoint["global_step"] if checkpoint else None)
         self.logger.log_hparams(self.hparams)
@@ -178,7 +183,7 @@ class ReferenceTrainer:
             ema=self.ema,
             on_epoch_end=self._on_epoch_end,
             should_stop=lambda: self.should_stop,
-            validate=partial(self._validate_inside, net, val_loader, num_val),
+            after_batch=partial(self._after_batch, net, val_loader, num_val),
             val_check_batch=self.val_check_batch,
             scaler=loop.grad_scaler(s.device, s.precision),
             accumulate_grad_batches=s.accumulate_grad_batches,
@@ -197,13 +202,29 @@ class ReferenceTrainer:
         if self.settings.enable_checkpointing and self.top_k.at_step(self.logger.steps, self.callback_metrics):
             self._save_top_k(self.logger.epoch, contract.mid_epoch(batches_done))
 
-    def _validate_inside(self, net, val_loader, num_val: int, batches_done: int) -> bool:
+    def _after_batch(self, net, val_loader, num_val: int, batches_done: int) -> bool:
+        """What Lightning does after each training batch: the time limit (its Timer), then a validation
+        when one is due inside the epoch (``val_check_interval``), or when the time limit stops an epoch
+        that validates. True: the epoch ends here."""
+        epoch = self.logger.epoch
+        if not self.should_stop and self.time_limit.reached():
+            self.should_stop = True
+            if self.is_global_zero:
+                elapsed = timedelta(seconds=int(self.time_limit.elapsed()))
+                print(f"Time limit reached ({elapsed}): training stops after epoch {epoch}, batch {batches_done - 1}")
+        due = batches_done % self.val_check_batch == 0 and batches_done < self.num_training_batches
+        if due or (self.should_stop and (epoch + 1) % self.settings.check_val_every_n_epoch == 0):
+            self._validate_inside(net, val_loader, num_val, batches_done)
+            net.train()
+        return self.should_stop
+
+    def _validate_inside(self, net, val_loader, num_val: int, batches_done: int) -> None:
         """A validation inside an epoch (``val_check_interval``), after its ``batches_done``-th batch,
         as Lightning's runs there: the report and its logs, the callbacks, a top-k checkpoint that
-        holds the position in the epoch, and early stopping. True: the epoch ends here."""
+        holds the position in the epoch, and early stopping (which sets ``should_stop``)."""
         s, epoch = self.settings, self.logger.epoch
         if num_val == 0:
-            return False
+            return
         loop.validate(
             net,
             self.progress.loader(val_loader, "val", num_val),
@@ -217,8 +238,7 @@ class ReferenceTrainer:
         self._report_validation(epoch)
         if s.enable_checkpointing and self.top_k.at_validation():
             self._save_top_k(epoch, contract.mid_epoch(batches_done))
-        self.should_stop = self._stops_early(epoch)
-        return self.should_stop
+        self.should_stop = self._stops_early(epoch) or self.should_stop
 
     def _report_validation(self, epoch: int) -> EpochReport:
         """What follows every validation, inside an epoch or at its end: the report (loss check and
@@ -276,6 +296,8 @@ class ReferenceTrainer:
         callbacks = {self.top_k.state_key: self.top_k.state_dict()}
         if self.early_stopping is not None:
             callbacks[self.early_stopping.state_key] = self.early_stopping.state_dict()
+        if self.time_limit.seconds is not None:
+            callbacks[self.time_limit.state_key] = self.time_limit.state_dict()
         state["callbacks"] = {**state.get("callbacks", {}), **callbacks}
         return {**state, **contract.capture_extras(model.class_names, self.val_metrics, self.train_metrics, datamodule)}
 
@@ -297,6 +319,8 @@ class ReferenceTrainer:
             self.early_stopping.load_state_dict(saved[self.early_stopping.state_key])
         if self.top_k.state_key in saved:
             self.top_k.load_state_dict(saved[self.top_k.state_key])
+        if self.time_limit.state_key in saved:
+            self.time_limit.load_state_dict(saved[self.time_limit.state_key])
         self.datamodule.load_state_dict(checkpoint.get(type(self.datamodule).__qualname__, {}))
         start = contract.resume_point(checkpoint, self.datamodule, self.settings.processes.world_size)
         self.logger.steps, self.logger.epoch = start.step, start.epoch
@@ -359,7 +383,7 @@ class ReferenceTrainer:
     def _logger(self, model: ImageClassifier, datamodule: ImageDataModule, purge_step: int | None = None):
         pictures = monitoring.PictureLog(model.picture_spec.every_n_epochs, datamodule.mean, datamodule.std)
         log_dir = self.log_dir if self.is_global_zero else None  # one writer for the run: rank 0's
-        return ReferenceLogger(log_dir, self.settings.log_every_n_steps, pictures, purge_step)
+        return ReferenceLogger(log_dir, self.settings.log_every_n_steps, pictures, purge_step, self.settings.loggers)
 
     def _save_last(self, state: dict) -> None:
         self._save(state, "last.ckpt")

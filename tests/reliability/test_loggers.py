@@ -4,6 +4,7 @@ CSV logger at once. The resumed run's logs are the uninterrupted run's, each ste
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,7 +15,8 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tests.helpers import FAST, REPO
+from project.reference.config import load_run
+from tests.helpers import EQUIV, FAST, REPO
 
 RUN = [
     *FAST,
@@ -82,3 +84,24 @@ def test_kill_9_and_restart_log_each_step_once_in_each_logger(case, tmp_path):
         events = EventAccumulator(str(cut))
         events.Reload()
         assert [e.step for e in events.Scalars("train/loss")] == list(range(48))
+
+
+def test_a_resumed_reference_run_keeps_the_csv_rows_before_its_checkpoint_and_writes_the_rest_once(tmp_path):
+    """The reference loop's CSV log through a resume from an earlier checkpoint (what a kill leaves):
+    the rows before its step stay, the later ones (there already) are dropped and written again, so
+    the file ends as the uninterrupted run's, row for row."""
+    args = [*EQUIV, f"--trainer.logger={json.dumps([CSV])}", "--trainer.log_every_n_steps=1"]
+
+    def fit(log_dir: Path, ckpt_path: Path | None = None, epochs: int = 3) -> None:
+        run = load_run([*args, f"--trainer.max_epochs={epochs}"], log_dir)
+        run.trainer.fit(run.model, run.datamodule, str(ckpt_path) if ckpt_path else None)
+
+    fit(tmp_path / "full")
+    cut = tmp_path / "cut"
+    fit(cut, epochs=2)
+    shutil.copy(cut / "checkpoints" / "last.ckpt", tmp_path / "epoch1.ckpt")  # step 14
+    fit(cut, cut / "checkpoints" / "last.ckpt")  # on to the end: rows after step 14 in the file
+    assert max(int(row["step"]) for row in rows(cut)) == 20
+    fit(cut, tmp_path / "epoch1.ckpt")
+    assert rows(cut) == rows(tmp_path / "full")
+    assert [int(row["step"]) for row in rows(cut) if row["train/loss"]] == list(range(21))
