@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH_PINS)
-	$(BIN)/pip install -q -e '.[dev,notebooks,export,timm]'
+	$(BIN)/pip install -q -e '.[dev,notebooks,export,timm,loggers]'
 	touch $(STAMP)
 
 fit: $(STAMP)  ## train the default digits config, print the validation accuracy
@@ -48,7 +48,7 @@ tensorboard: $(STAMP)  ## TensorBoard over lightning_logs on port 6006
 # Mutation testing of the parts both loops share (configured under [tool.mutmut] in pyproject.toml).
 # A fresh run each time: mutants/ holds the mutated copy and the results (`mutmut show NAME`).
 $(VENV)/.installed-mutation: $(STAMP) pyproject.toml
-	$(BIN)/pip install -q -e '.[dev,notebooks,export,timm,mutation]'
+	$(BIN)/pip install -q -e '.[dev,notebooks,export,timm,loggers,mutation]'
 	touch $@
 
 mutation: $(VENV)/.installed-mutation  ## mutation testing of the shared parts with mutmut (20-30 min on 2 cores; not in make test); see docs/MUTATION.md

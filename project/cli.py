@@ -25,7 +25,10 @@ from project.progress import stdout_is_terminal
 from project.runs import (
     check_checkpoint_fits_run,
     check_ckpt_path,
+    check_first_logger,
+    continue_mlflow_runs,
     drop_csv_rows_from,
+    drop_mlflow_steps_from,
     purge_tensorboard_from,
     resume_into_last_run,
     resume_named_run,
@@ -138,6 +141,7 @@ class TwinloopCLI(LightningCLI):
         logger's holds the checkpoints; every logger takes the name), and a fit there resumes from its
         ``last.ckpt``; ``--ckpt_path last`` otherwise takes the newest version's. A resumed run hides
         what the interrupted one logged after its checkpoint, a new start in an old directory all of it."""
+        check_first_logger(loggers)
         version = loggers[0].init_args.get("version")
         run_name = config.get("run_name") or (slurm_run_name() if version is None else None)
         if run_name:
@@ -154,15 +158,20 @@ class TwinloopCLI(LightningCLI):
         if resumed is not None:
             config.ckpt_path, self._user_checkpoint = resumed  # checked like any other
             self._purge_from = resumed[1]["global_step"]
+            continue_mlflow_runs(loggers, resumed[1])
         if self._purge_from is not None:
             purge_tensorboard_from(loggers, self._purge_from)
 
     def before_fit(self) -> None:
         if self._purge_from is not None:
             drop_csv_rows_from(self.trainer.loggers, self._purge_from)
+            drop_mlflow_steps_from(self.trainer.loggers, self._purge_from)
 
     def instantiate_classes(self) -> None:
-        super().instantiate_classes()
+        try:
+            super().instantiate_classes()
+        except ValueError as exc:  # a class of the config that could not be built: what it said, not a traceback
+            raise ConfigError(class_build_error(exc)) from exc
         if (weights := getattr(self, "_named_weights", None)) is not None:
             (self.config[self.subcommand] if self.subcommand else self.config).model.network.weights = weights
             self.model.hparams.network["weights"] = weights
@@ -248,6 +257,33 @@ class SaveRunConfig(SaveConfigCallback):
     def save_config(self, trainer: Trainer, pl_module, stage: str) -> None:
         if stage == "fit" and isinstance(trainer.logger, TensorBoardLogger):
             log_hparams(trainer.logger.experiment, run_hparams(self.config.as_dict()))
+
+
+GENERIC = (
+    "Not a valid subclass",
+    "Expected a ",
+    "Does not validate",
+    "Subclass types",
+    "Subtypes:",
+    "Given value",
+    "a ",
+    "Errors:",
+)
+
+
+def class_build_error(exc: BaseException) -> str:
+    """What a class of the config said when it could not be built (an MLflow store it refuses, a
+    package missing), out of the errors jsonargparse wraps it in; else jsonargparse's first line."""
+    texts = []
+    while exc is not None:
+        texts.append(str(exc))
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    lines = [line.strip().removeprefix("- ").strip() for text in texts for line in text.splitlines()]
+    for i, line in enumerate(lines[:-1]):
+        if line.startswith("Problem with given class_path") and lines[i + 1]:
+            return f"{line.split(chr(39))[1]}: {lines[i + 1]}"  # the class, then what it said
+    said = [line for line in lines if line and not line.startswith(GENERIC)]
+    return f"a class of the config could not be built: {said[0] if said else texts[0].splitlines()[0]}"
 
 
 def main(args: list[str] | None = None) -> None:

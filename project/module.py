@@ -9,7 +9,7 @@ from typing import Literal
 import lightning as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.loggers import MLFlowLogger, TensorBoardLogger
 from torch import Tensor
 
 from project import checkpoint_contract as contract
@@ -21,6 +21,10 @@ from project.finetuning import BackboneFreeze
 from project.metrics import StageMetrics, build_stage_metrics
 from project.monitoring import PictureLog
 from project.specs import EMASpec, NetworkSpec, PictureSpec, WarmupSpec, as_spec, plain
+
+# The checkpoint key that names the run's MLflow runs (one for each MLFlowLogger, in order): MLflow
+# keeps a run under an id of its own, not in a version folder, so a resumed run finds it here.
+MLFLOW_RUNS = "mlflow_run_ids"
 
 
 class ImageClassifier(L.LightningModule):
@@ -174,6 +178,8 @@ class ImageClassifier(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         dm = self.trainer.datamodule  # type: ignore[attr-defined]  # Lightning's data connector sets it
         checkpoint.update(contract.capture_extras(self.class_names, self.val_metrics, self.train_metrics, dm))
+        if run_ids := [logger.run_id for logger in self.loggers if isinstance(logger, MLFlowLogger)]:
+            checkpoint[MLFLOW_RUNS] = run_ids  # MLflow keeps a run by its id: a resumed run goes on in it
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         contract.restore_extras(checkpoint, self, self.val_metrics, self.train_metrics)

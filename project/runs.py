@@ -7,17 +7,19 @@ from __future__ import annotations
 
 import csv
 import importlib
+import sqlite3
 import warnings
+from contextlib import closing
 from inspect import signature
 from pathlib import Path
 
 from jsonargparse import Namespace
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.loggers import CSVLogger, MLFlowLogger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from project.checkpoint_io import check_class_names, check_state_dict_fits, read_checkpoint
-from project.errors import CheckpointError, UserPathError
-from project.module import ImageClassifier
+from project.errors import CheckpointError, ConfigError, UserPathError
+from project.module import MLFLOW_RUNS, ImageClassifier
 from project.preemption import slurm_job_id
 
 
@@ -148,3 +150,46 @@ def drop_csv_rows_from(loggers: list, step: int) -> None:
             warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
             writer = logger.experiment
         writer.metrics = [row for row in rows if int(row["step"]) < step] + writer.metrics
+
+
+def check_first_logger(loggers: list[Namespace]) -> None:
+    """The first logger's folder holds the run (its checkpoints, a restart's ``last.ckpt``): a logger
+    that writes to a version folder of its own, not an MLflow store or W&B's run folders."""
+    if loggers and issubclass(logger_class(loggers[0]), MLFlowLogger | WandbLogger):
+        name = loggers[0].class_path.rpartition(".")[2]
+        raise ConfigError(
+            f"trainer.logger: {name} first would put the checkpoints in its own store; list a TensorBoardLogger "
+            f"or CSVLogger before it (its folder holds the run), e.g. --trainer.logger "
+            f"'[{{class_path: TensorBoardLogger}}, {{class_path: {name}}}]'"
+        )
+
+
+def continue_mlflow_runs(loggers: list[Namespace], checkpoint: dict) -> None:
+    """A resumed run's MLFlowLoggers log on into the MLflow runs its checkpoint names."""
+    run_ids = iter(checkpoint.get(MLFLOW_RUNS, []))
+    for logger in loggers:
+        if issubclass(logger_class(logger), MLFlowLogger):
+            logger.init_args.run_id = next(run_ids, None)
+
+
+def drop_mlflow_steps_from(loggers: list, step: int) -> None:
+    """An MLflow run in a local store keeps the values logged before ``step`` and drops the later ones,
+    which a resumed run logs again: in an SQLite store (``tracking_uri: sqlite:///mlflow.db``) the
+    rows of the values and of the latest ones (MLflow writes those again as it logs on), in a file
+    store the lines. A remote store keeps them (MLflow has no call that deletes a logged value).
+    Rank 0 only, as the logger writes."""
+    for logger in loggers:
+        if not isinstance(logger, MLFlowLogger) or getattr(rank_zero_only, "rank", 0) != 0:
+            continue
+        uri, run_id = str(getattr(logger, "_tracking_uri", "")), logger.run_id
+        if uri.startswith("sqlite:///"):
+            with closing(sqlite3.connect(uri.removeprefix("sqlite:///"))) as db, db:
+                for table in ("metrics", "latest_metrics"):
+                    db.execute(f"DELETE FROM {table} WHERE run_uuid = ? AND step >= ?", (run_id, step))
+        elif logger.save_dir is not None and logger.experiment_id is not None and run_id is not None:
+            for path in (Path(logger.save_dir) / logger.experiment_id / run_id / "metrics").rglob("*"):
+                if path.is_file():  # a line per value: "<timestamp> <value> <step>"
+                    lines = path.read_text().splitlines()
+                    path.write_text("".join(f"{line}\n" for line in lines if int(line.split()[2]) < step))
+        else:
+            warnings.warn(f"MLflow at {uri}: the values logged after step {step} stay in the run", stacklevel=2)

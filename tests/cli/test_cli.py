@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from lightning.pytorch.loggers import CSVLogger
 
 from project.cli import TwinloopCLI, main
 from project.reference.config import load_run
@@ -304,3 +305,30 @@ def test_a_batch_limit_of_1_is_one_batch_and_1_0_every_batch(tmp_path, key, valu
     reference_value = getattr(load_run(args).trainer.settings, key)
     for limit in (lightning_value, reference_value):
         assert (limit, type(limit)) == (expected, type(expected))
+
+
+class RefusingLogger(CSVLogger):
+    """A logger whose store will not open, as MLflow 3 refuses a file store or a package is missing."""
+
+    def __init__(self, save_dir: str = "."):
+        raise RuntimeError("this store will not open: set STORE_URI")
+
+
+def test_a_logger_that_cannot_be_built_is_one_error_line_with_what_it_said(capsys):
+    loggers = "[{class_path: TensorBoardLogger}, {class_path: tests.cli.test_cli.RefusingLogger}]"
+    with pytest.raises(SystemExit) as info:
+        main(["fit", *FAST, "--trainer.logger", loggers])
+    assert info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1:] == [
+        "error: a class of the config could not be built: this store will not open: set STORE_URI"
+    ]
+    assert not Path("lightning_logs").exists()
+
+
+@pytest.mark.parametrize("first", ["MLFlowLogger", "WandbLogger"])
+def test_a_logger_with_a_store_of_its_own_cannot_come_first(first, capsys):
+    """The first logger's folder holds the run: MLflow's and W&B's stores do not, refused by name."""
+    with pytest.raises(SystemExit) as info:
+        main(["fit", *FAST, "--trainer.logger", f"lightning.pytorch.loggers.{first}"])
+    assert info.value.code == 2
+    assert f"error: trainer.logger: {first} first would put the checkpoints in its own store" in capsys.readouterr().err

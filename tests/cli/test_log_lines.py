@@ -61,6 +61,7 @@ def test_the_default_fit_into_a_file_is_under_15_kb_with_every_epochs_validation
     assert [float(acc) for _, acc in epochs] == pytest.approx(logged_val_acc(tmp_path / RUN_DIRS[loop]), abs=5e-5)
 
 
+@pytest.mark.slow  # a real process on a pseudo-terminal, for each loop
 @pytest.mark.parametrize("loop", list(MODULES))
 def test_on_a_terminal_the_bar_stays(loop, tmp_path):
     """With stdout a terminal (a pty), tqdm's bar redraws in place and no step lines are printed."""

@@ -1,14 +1,17 @@
-"""Any logger Lightning ships, through a kill -9 and a restart: a CSV logger, and TensorBoard with a
-CSV logger at once. The resumed run's logs are the uninterrupted run's, each step once in each."""
+"""Any logger Lightning ships, through a kill -9 and a restart: a CSV logger, TensorBoard with a CSV
+logger at once, and TensorBoard with MLflow (an SQLite store). The resumed run's logs are the
+uninterrupted run's, each step once in each."""
 
 import csv
 import json
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -29,10 +32,14 @@ RUN = [
 ]
 CSV = {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "logs"}}
 TENSORBOARD = {"class_path": "lightning.pytorch.loggers.TensorBoardLogger", "init_args": {"save_dir": "logs"}}
+WANDB = {"class_path": "lightning.pytorch.loggers.WandbLogger", "init_args": {"save_dir": "logs", "offline": True}}
+MLFLOW = {"class_path": "lightning.pytorch.loggers.MLFlowLogger", "init_args": {"tracking_uri": "sqlite:///mlflow.db"}}
 LOGGERS = {
     # (the loggers, how the restart finds its run, the run's directory under the root)
     "csv": ([CSV], ["--ckpt_path=last"], "logs/lightning_logs/version_0"),
     "tensorboard+csv": ([TENSORBOARD, CSV], ["--run_name=r", "--ckpt_path=last"], "logs/lightning_logs/r"),
+    "tensorboard+mlflow": ([TENSORBOARD, MLFLOW], ["--ckpt_path=last"], "logs/lightning_logs/version_0"),
+    "tensorboard+csv+wandb": ([TENSORBOARD, CSV, WANDB], ["--run_name=r", "--ckpt_path=last"], "logs/lightning_logs/r"),
 }
 
 
@@ -47,8 +54,21 @@ def rows(run: Path) -> list[dict[str, str]]:
     return list(csv.DictReader(path.open(newline=""))) if path.is_file() else []
 
 
+def mlflow_values(root: Path) -> list[tuple[str, int, float]]:
+    """(name, step, value) of every value in the MLflow store ``root/mlflow.db``, by name and step."""
+    try:
+        with closing(sqlite3.connect(root / "mlflow.db")) as db:
+            return db.execute("SELECT key, step, value FROM metrics ORDER BY key, step, timestamp").fetchall()
+    except sqlite3.OperationalError:  # not there yet, or being written
+        return []
+
+
 def logged_steps(run: Path) -> list[int]:
-    return [int(row["step"]) for row in rows(run) if row.get("train/loss")]
+    """The steps whose training loss the CSV file, or else the MLflow store, holds."""
+    if rows(run):
+        return [int(row["step"]) for row in rows(run) if row.get("train/loss")]
+    root = run.parents[2]  # ROOT/logs/lightning_logs/<version>
+    return [step for name, step, _ in mlflow_values(root) if name == "train/loss"]
 
 
 @pytest.mark.slow
@@ -58,6 +78,9 @@ def test_kill_9_and_restart_log_each_step_once_in_each_logger(case, tmp_path):
     epoch-0 checkpoint (step 16, said on stdout: not from step 0), drops the rows and events logged
     after it, and ends with the uninterrupted run's weights and the same metrics.csv, row for row."""
     loggers, restart, run_dir = LOGGERS[case]
+    for logger, package in ((MLFLOW, "mlflow"), (WANDB, "wandb")):
+        if logger in loggers:
+            pytest.importorskip(package, reason=f"the optional extra `loggers` ({package}) is not installed")
     logger_args = [f"--trainer.logger={json.dumps(loggers)}", *restart[:-1]]
     full = twinloop(tmp_path / "full", [*RUN, *logger_args])
     victim = twinloop(tmp_path / "cut", [*RUN, *logger_args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -80,6 +103,16 @@ def test_kill_9_and_restart_log_each_step_once_in_each_logger(case, tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert logged_steps(cut) == list(range(48))  # each step once, in order
     assert rows(cut) == rows(uninterrupted)  # every value, the validation rows too
+    if any(logger is MLFLOW for logger in loggers):
+        values = mlflow_values(tmp_path / "cut")
+        assert values == mlflow_values(tmp_path / "full")  # every value, at its step, once
+        with closing(sqlite3.connect(tmp_path / "cut" / "mlflow.db")) as db:
+            assert db.execute("SELECT COUNT(*) FROM runs").fetchone() == (1,)  # the restart logged on into it
+    if any(logger is WANDB for logger in loggers):
+        # W&B (offline) logs the restart under the run's name as its id, in a second offline run
+        # folder; its files take no deletions, so the steps logged after the checkpoint stay there.
+        offline = sorted((tmp_path / "cut" / "logs" / "wandb").glob("offline-run-*"))
+        assert [path.name.rsplit("-", 1)[1] for path in offline] == ["r", "r"]
     if any(logger is TENSORBOARD for logger in loggers):
         events = EventAccumulator(str(cut))
         events.Reload()
