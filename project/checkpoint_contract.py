@@ -10,7 +10,9 @@ or exports the other's checkpoints. The extras every checkpoint holds:
 - ``rng_states``: the global generators (Dropout's), so a resume draws what the run would have;
 - ``preprocessing``: what an image goes through before the network (for ``twinloop export``);
 - ``train_metrics``: the training epoch's running sums, for a resume inside the epoch;
-- ``mid_epoch``: ``{"batches_done": n}`` in a checkpoint written inside an epoch, after n batches.
+- ``mid_epoch``: ``{"batches_done": n}`` in a checkpoint written inside an epoch, after n batches;
+  written by several processes, also ``world_size`` and each rank's ``train_metrics`` (each rank
+  summed its own share of the batches).
 
 Adding a value to every checkpoint is a change to ``capture_extras`` and ``restore_extras``.
 """
@@ -21,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import lightning
+import torch.distributed as dist
 from torch import nn
 
 from project.checkpoint_io import check_class_names, check_state_dict_fits, read_checkpoint
@@ -51,9 +54,20 @@ def capture_extras(
     return extras
 
 
-def mid_epoch(batches_done: int) -> dict[str, Any]:
-    """What marks a checkpoint written inside an epoch, after ``batches_done`` of its batches."""
-    return {MID_EPOCH: {"batches_done": batches_done}}
+def mid_epoch(batches_done: int, train_metrics: StageMetrics | None = None) -> dict[str, Any]:
+    """What marks a checkpoint written inside an epoch, after ``batches_done`` of its batches. Under a
+    process group, with ``train_metrics``, every rank must call it: it gathers each rank's running
+    sums (a collective), and the world size, which a resume must have again."""
+    marker: dict[str, Any] = {"batches_done": batches_done}
+    if train_metrics is not None and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        running: list[dict | None] = [None] * dist.get_world_size()
+        dist.all_gather_object(running, {k: v.cpu() for k, v in train_metrics.running_state().items()})
+        marker.update(world_size=dist.get_world_size(), train_metrics=running)
+    return {MID_EPOCH: marker}
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
 def restore_extras(checkpoint: dict, model: Any, val_metrics: StageMetrics, train_metrics: StageMetrics) -> None:
@@ -62,7 +76,9 @@ def restore_extras(checkpoint: dict, model: Any, val_metrics: StageMetrics, trai
     val_metrics.best_acc = checkpoint.get(BEST_VAL_ACC)
     if checkpoint.get(CLASS_NAMES):
         model.class_names = list(checkpoint[CLASS_NAMES])
-    if MID_EPOCH in checkpoint and TRAIN_METRICS in checkpoint:
+    if MID_EPOCH in checkpoint and "train_metrics" in checkpoint[MID_EPOCH]:  # each rank its own sums
+        train_metrics.load_running_state(checkpoint[MID_EPOCH]["train_metrics"][rank()])
+    elif MID_EPOCH in checkpoint and TRAIN_METRICS in checkpoint:
         train_metrics.load_running_state(checkpoint[TRAIN_METRICS])
     if RNG_STATES in checkpoint:
         restore_rng(checkpoint[RNG_STATES])
@@ -84,12 +100,15 @@ def resume_point(checkpoint: dict, datamodule: Any | None, world_size: int) -> R
     """Where a run resumed from ``checkpoint`` goes on. The data module is told the epoch (its training
     loaders start there) and, inside an epoch, its next training pass becomes the rest of that epoch
     (call it after the data module's ``load_state_dict`` and before its training loader is made); one
-    written inside an epoch by one process only resumes in one."""
+    written inside an epoch resumes with as many processes as wrote it (each took its share of the
+    order, and goes on with it)."""
     batches_done = checkpoint.get(MID_EPOCH, {}).get("batches_done", 0)
-    if batches_done and world_size > 1:  # each rank takes its share of the order: the position does not carry over
+    written_by = checkpoint.get(MID_EPOCH, {}).get("world_size", 1)
+    if batches_done and world_size != written_by:
         raise UserPathError(
-            "--ckpt_path: this checkpoint was written inside an epoch by one process; resume it with one "
-            "process (--trainer.devices 1), or from a checkpoint of an epoch's end"
+            f"--ckpt_path: this checkpoint was written inside an epoch by {written_by} process(es), each with its "
+            f"share of the epoch's order; resume it with {written_by} (--trainer.devices), or from a checkpoint "
+            "of an epoch's end"
         )
     epoch = checkpoint["epoch"] + (0 if batches_done else 1)
     if datamodule is not None:

@@ -23,7 +23,7 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback
@@ -31,6 +31,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from project import checkpoint_contract as contract
 from project.callbacks import LatestCheckpoint
+from project.metrics import StageMetrics
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 RequeueSignal = Literal["SIGUSR1", "SIGUSR2", "SIGTERM"]
@@ -191,8 +192,9 @@ class Preemption(Callback):
             self._leave(*self._leaving)
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
-        if self._batches_done is not None:
-            checkpoint.update(contract.mid_epoch(self._batches_done))
+        if self._batches_done is not None:  # every rank: under DDP it gathers their running sums
+            train_metrics = cast(StageMetrics, pl_module.train_metrics)  # the ImageClassifier's
+            checkpoint.update(contract.mid_epoch(self._batches_done, train_metrics))
 
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         # Before Lightning creates the training loader's iterator (a loader's own state_dict would be
@@ -227,11 +229,6 @@ class Preemption(Callback):
         (None) the one already there (``fresh``: the epoch's end just wrote it); requeue; then exit."""
         assert self.signals is not None  # setup("fit") made them
         signum = self.signals.received or signal.SIGTERM  # another rank's signal
-        if batches_done is not None and trainer.world_size > 1:
-            # Lightning hands each process its share of the order (a DistributedSampler), so the
-            # position inside an epoch is not one number: the restart redoes the epoch instead.
-            where += f"; with several processes the restart redoes epoch {trainer.current_epoch}"
-            batches_done, fresh = None, False
         latest = next((c for c in trainer.checkpoint_callbacks if isinstance(c, LatestCheckpoint)), None)
         path = Path(latest.dirpath) / f"{latest.filename}{latest.FILE_EXTENSION}" if latest and latest.dirpath else None
         if path is not None and batches_done is not None:

@@ -3,7 +3,7 @@ DDP) in which order, and the DataLoader that reads them."""
 
 from __future__ import annotations
 
-from collections.abc import Sized
+from collections.abc import Iterator, Sized
 from typing import cast
 
 import torch
@@ -36,8 +36,8 @@ def stage_sampler(
     rank, world = shard
     indexed = cast(Dataset, dataset)  # the samplers read its length only (a device cache has no items)
     if shuffle:
-        sampler: DistributedSampler = DistributedSampler(
-            indexed, num_replicas=world, rank=rank, shuffle=True, seed=seed
+        sampler: DistributedSampler = ResumableDistributedSampler(
+            indexed, order, batch_size, num_replicas=world, rank=rank, shuffle=True, seed=seed
         )
         # Lightning tells the sampler each epoch only after it created the loader's iterator, whose
         # workers draw their first indices at once, and a resumed run's iterator is not created again:
@@ -45,6 +45,19 @@ def stage_sampler(
         sampler.set_epoch(epoch)
         return sampler
     return UnrepeatedDistributedSampler(indexed, num_replicas=world, rank=rank, shuffle=False)
+
+
+class ResumableDistributedSampler(DistributedSampler):
+    """A ``DistributedSampler`` whose next pass starts at the batch ``order`` says: a run resumed inside
+    an epoch goes on with the rank's share of that epoch from its first batch not yet trained on."""
+
+    def __init__(self, dataset: Dataset, order: EpochOrder, batch_size: int, **kwargs):
+        super().__init__(dataset, **kwargs)
+        self.order, self.batch_size = order, batch_size
+
+    def __iter__(self) -> Iterator[int]:
+        share = list(super().__iter__())
+        return iter(share[self.order.take_skip() * self.batch_size :])
 
 
 def data_loader(

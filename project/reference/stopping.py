@@ -15,6 +15,7 @@ from typing import cast
 import torch
 
 from project import checkpoint_contract as contract
+from project.metrics import StageMetrics
 from project.preemption import Preempted, StopSignals, requeue, slurm_job_id, stop_message
 from project.reference.distributed import any_rank, from_rank_zero
 from project.reference.logger import ReferenceLogger
@@ -31,9 +32,10 @@ class ReferenceStop:
         settings: TrainerSettings,
         last_checkpoint: Callable[[], Path],
         save: Callable[[dict], None],
+        train_metrics: Callable[[], StageMetrics],
     ):
         self.signals, self.settings = signals, settings
-        self.last_checkpoint, self.save = last_checkpoint, save
+        self.last_checkpoint, self.save, self.train_metrics = last_checkpoint, save, train_metrics
 
     def after_steps(self, log_step, logger: ReferenceLogger, state: Callable[[], dict], num_train, first_batch):
         """What follows each optimizer step: ``log_step(loss, batches_done)``, and on a stop signal a
@@ -50,12 +52,10 @@ class ReferenceStop:
             if done >= num_train or not self.asked():
                 return
             where = f"at epoch {logger.epoch}, batch {done - 1} (step {logger.steps})"
-            if self.settings.processes.distributed:
-                # Each rank takes its share of the order (a DistributedSampler), so the position inside
-                # an epoch is not one number: the restart redoes the epoch, as Lightning's does.
-                self.stop(f"{where}; with several processes the restart redoes epoch {logger.epoch}", False)
-            if self.settings.enable_checkpointing and self.settings.processes.is_global_zero:
-                self.save({**state(), **contract.mid_epoch(done)})
+            if self.settings.enable_checkpointing:
+                marker = contract.mid_epoch(done, self.train_metrics())  # every rank: it gathers their sums
+                if self.settings.processes.is_global_zero:
+                    self.save({**state(), **marker})
             self.stop(where)
 
         return on_step

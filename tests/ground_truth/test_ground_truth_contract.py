@@ -92,10 +92,15 @@ def test_resume_point(checkpoint, world_size, expected, continued):
     assert str(start) == f"epoch {expected[0]}, batch {expected[1]} (step {expected[2]})"
 
 
-def test_a_checkpoint_written_inside_an_epoch_by_one_process_is_refused_by_several():
-    """Each rank takes its share of the order, so the position does not carry over: refused with what to do."""
-    with pytest.raises(UserPathError, match="resume it with one process"):
-        contract.resume_point({"epoch": 0, "global_step": 3, **contract.mid_epoch(3)}, RecordingData(), 2)
+@pytest.mark.parametrize(("written_by", "resumed_by"), [(1, 2), (2, 1), (2, 4)])
+def test_a_checkpoint_written_inside_an_epoch_resumes_with_as_many_processes_only(written_by, resumed_by):
+    """Each rank took its share of the order, and goes on with it: with another number of processes the
+    position does not carry over, refused with what to do."""
+    marker = {"batches_done": 3, **({"world_size": written_by} if written_by > 1 else {})}
+    checkpoint = {"epoch": 0, "global_step": 3, "mid_epoch": marker}
+    with pytest.raises(UserPathError, match=f"by {written_by} process.*resume it with {written_by} "):
+        contract.resume_point(checkpoint, RecordingData(), resumed_by)
+    assert contract.resume_point(checkpoint, RecordingData(), written_by).batch == 3
 
 
 def test_the_validation_report_by_hand():
