@@ -115,8 +115,9 @@ class ReferenceTrainer:
         self.time_limit.begin()
         self.progress.start_fit(self.estimated_stepping_batches, s.max_epochs, self.logger.steps)
         signals = StopSignals(requeue_signal=self.requeue_signal)
-        last = lambda: self.log_dir / "checkpoints" / "last.ckpt"  # noqa: E731
-        self.stop = ReferenceStop(signals, s, last, self._save_last, lambda: self.train_metrics)
+        self.stop = ReferenceStop(
+            signals, s, lambda: self.log_dir / "checkpoints" / "last.ckpt", self._save_last, lambda: self.train_metrics
+        )
         model.backbone_freeze.set_epoch(start.epoch)  # each later epoch's at the end of the one before
         with signals, out_of_memory_hinted(datamodule.batch_size, s.precision), closed_on_error(self.logger):
             if not time_spent:
