@@ -3,6 +3,7 @@ DDP) in which order, and the DataLoader that reads them."""
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator, Sized
 from typing import cast
 
@@ -60,11 +61,21 @@ class ResumableDistributedSampler(DistributedSampler):
         return iter(share[self.order.take_skip() * self.batch_size :])
 
 
+def leave_stop_signals_to_the_training_process(worker_id: int) -> None:
+    """A data worker ignores the signals that stop or requeue a run. A scheduler sends them to every
+    process of a job (Ctrl-C, to the terminal's whole process group), and the training process acts
+    on them (``project.preemption``); a worker killed by one would take the run with it. The workers
+    still end with the run: the loader shuts them down, and each watches its parent."""
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(signum, signal.SIG_IGN)
+
+
 def data_loader(
     dataset: Dataset, batch_size: int, sampler: Sampler[int] | None, num_workers: int, worker_seeds: torch.Generator
 ) -> DataLoader:
     """``batch_size`` batches of ``dataset`` in ``sampler``'s order, read by ``num_workers`` processes
-    that persist from pass to pass and seeded from ``worker_seeds``; pinned memory with CUDA."""
+    that persist from pass to pass, are seeded from ``worker_seeds`` and leave stop signals to the
+    training process; pinned memory with CUDA."""
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -73,4 +84,5 @@ def data_loader(
         persistent_workers=num_workers > 0,
         pin_memory=torch.cuda.is_available(),
         generator=worker_seeds,
+        worker_init_fn=leave_stop_signals_to_the_training_process if num_workers > 0 else None,
     )

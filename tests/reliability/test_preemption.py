@@ -159,3 +159,30 @@ def test_a_signal_in_an_epochs_last_batch_lets_the_epoch_end_and_keeps_its_check
     checkpoint = last_checkpoint("lightning_logs/cut")
     assert (checkpoint["epoch"], checkpoint["global_step"], "mid_epoch" in checkpoint) == (0, 8, False)
     assert logged_steps("lightning_logs/cut", "val/acc") == [7]  # epoch 0 validated, epoch 1 never began
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("loop", ["lightning", "reference"])
+def test_a_stop_signal_to_the_whole_process_group_reaches_the_training_process_only(loop):
+    """A scheduler signals every process of a job, the data workers too (as Ctrl-C signals a terminal's
+    whole process group): the workers leave the signal to the training process, which stops at the
+    next step with last.ckpt and exit 143, where the workers used to die and the run with them."""
+    runs = Path("lightning_logs") if loop == "lightning" else Path("lightning_logs/reference")
+    last = runs / "cut" / "checkpoints" / "last.ckpt"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    command = [sys.executable, "-m", "project" if loop == "lightning" else "project.reference", "fit", *CYCLES]
+    victim = subprocess.Popen(
+        [*command, "--run_name=cut"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    while global_step(last) < 8 and victim.poll() is None:  # epoch 0 done: the workers are running
+        time.sleep(0.02)
+    os.killpg(victim.pid, signal.SIGTERM)  # the training process and its data workers
+    _, err = victim.communicate(timeout=300)
+    assert victim.returncode == 128 + signal.SIGTERM, err[-3000:]
+    assert f"SIGTERM: checkpoint {last} written" in err
+    assert "DataLoader worker" not in err
