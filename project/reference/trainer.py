@@ -29,11 +29,12 @@ from project.metrics import StageMetrics, build_stage_metrics
 from project.module import ImageClassifier
 from project.preemption import StopSignals, slurm_job_id
 from project.reference import loop
+from project.reference.budgets import count_batches, val_check_batch
 from project.reference.distributed import EpochShuffled, data_parallel, init_process_group, reseed
 from project.reference.early_stopping import EarlyStop
 from project.reference.logger import ReferenceLogger, closed_on_error, next_version_dir
 from project.reference.progress import ReferenceProgress
-from project.reference.settings import TrainerSettings, configure_determinism, count_batches, val_check_batch
+from project.reference.settings import TrainerSettings, configure_determinism
 from project.reference.stopping import ReferenceStop, TimeLimit
 from project.reference.top_k import TopK
 
@@ -295,13 +296,15 @@ class ReferenceTrainer:
         )
         if self.ema is not None:
             state = self.ema.checkpoint(state)
-        callbacks = {self.top_k.state_key: self.top_k.state_dict()}
-        if self.early_stopping is not None:
-            callbacks[self.early_stopping.state_key] = self.early_stopping.state_dict()
-        if self.time_limit.seconds is not None:
-            callbacks[self.time_limit.state_key] = self.time_limit.state_dict()
+        callbacks = {part.state_key: part.state_dict() for part in self._callback_parts()}
         state["callbacks"] = {**state.get("callbacks", {}), **callbacks}
         return {**state, **contract.capture_extras(model.class_names, self.val_metrics, self.train_metrics, datamodule)}
+
+    def _callback_parts(self) -> list:
+        """What the reference does by hand of Lightning's callbacks, each keeping its state under that
+        callback's key: top-k checkpoints, and early stopping and the time limit when configured."""
+        parts = [self.top_k, self.early_stopping, self.time_limit if self.time_limit.seconds is not None else None]
+        return [part for part in parts if part is not None]
 
     def _resume(self, checkpoint: dict) -> contract.ResumePoint:
         """Load the training state of a checkpoint of either loop, written at an epoch's end or inside
@@ -317,12 +320,9 @@ class ReferenceTrainer:
         if self.ema is not None:
             self.ema.restore(checkpoint)
         saved = checkpoint.get("callbacks", {})
-        if self.early_stopping is not None and self.early_stopping.state_key in saved:
-            self.early_stopping.load_state_dict(saved[self.early_stopping.state_key])
-        if self.top_k.state_key in saved:
-            self.top_k.load_state_dict(saved[self.top_k.state_key])
-        if self.time_limit.state_key in saved:
-            self.time_limit.load_state_dict(saved[self.time_limit.state_key])
+        for part in self._callback_parts():
+            if part.state_key in saved:
+                part.load_state_dict(saved[part.state_key])
         self.datamodule.load_state_dict(checkpoint.get(type(self.datamodule).__qualname__, {}))
         start = contract.resume_point(checkpoint, self.datamodule, self.settings.processes.world_size)
         self.logger.steps, self.logger.epoch = start.step, start.epoch

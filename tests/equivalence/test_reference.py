@@ -11,9 +11,10 @@ from lightning.pytorch.callbacks import Callback
 from project.cli import TwinloopCLI
 from project.errors import ConfigError
 from project.recorder import Recorder, RecorderCallback
+from project.reference.budgets import count_batches
 from project.reference.cli import main as reference_main
 from project.reference.config import load_run
-from project.reference.settings import count_batches, read_device
+from project.reference.settings import read_device
 from tests.helpers import FAST, compiled_frames
 
 LIMITS = ("limit_train_batches", "limit_val_batches", "limit_test_batches")
