@@ -5,20 +5,19 @@ keeps every random draw in one ``torch.Generator`` that both loops advance in th
 whose state can be saved. It also runs on the GPU when there is one.
 """
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torchvision.transforms import v2
 
 from project.errors import ConfigError
 
 
-def crop_padding(hw: tuple[int, int] | None) -> int:
+def default_crop_padding(hw: tuple[int, int] | None) -> int:
     """The padding of the random crop for (H, W) images: an eighth of the shorter side, at least 1 (4 px
     on 32 px images, as in the usual CIFAR recipe); 4 px when the size is not known without reading
     files (an image folder without image_size), rather than reading them."""
@@ -38,21 +37,27 @@ class SeededPart:
 
 
 class RandomCropFlip(SeededPart):
-    """Random crop with zero padding plus a random horizontal flip, per image."""
+    """Random crop with padding plus a random horizontal flip, per image. The padding holds
+    ``fill[c]`` in channel c: on a normalized batch, the normalized value of a black pixel, so that
+    it crops as torchvision's ``RandomCrop(padding=p)`` (fill 0) does on the image before
+    normalization (a fill of 0 there would be the data set's mean grey)."""
 
     def __init__(self, padding: int, flip: bool = True, seed: int = 0):
         self.padding = padding
         self.flip = flip
         self.generator = torch.Generator().manual_seed(seed)
 
-    def __call__(self, x: Tensor) -> Tensor:
+    def __call__(self, x: Tensor, fill: Sequence[float] | None = None) -> Tensor:
         # x: (B, C, H, W) on any device; draws happen on the CPU generator, indexing on x's device.
         # The draws are copied without waiting: a blocking copy to a GPU would sync with it every step.
         b, c, h, w = x.shape
         p = self.padding
         shifts = torch.randint(0, 2 * p + 1, (b, 2), generator=self.generator).to(x.device, non_blocking=True)
         flips = (torch.rand(b, generator=self.generator) < 0.5).to(x.device, non_blocking=True)
-        padded = F.pad(x, (p, p, p, p))
+        padded = x.new_empty(b, c, h + 2 * p, w + 2 * p)
+        for channel_fill, value in zip(padded.unbind(1), fill or [0.0] * c, strict=True):
+            channel_fill.fill_(value)  # a Python number: no copy to the device
+        padded[:, :, p : p + h, p : p + w] = x
         rows = torch.arange(h, device=x.device) + shifts[:, :1]  # (B, H)
         cols = torch.arange(w, device=x.device) + shifts[:, 1:]  # (B, W)
         if self.flip:

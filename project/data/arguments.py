@@ -22,3 +22,13 @@ def check_arguments(
         raise ConfigError(f"data.val_fraction must be between 0 and 1, got {val_fraction}")
     if batch_size < 1:
         raise ConfigError(f"data.batch_size must be at least 1, got {batch_size}")
+
+
+def check_crop_padding(crop_padding: int | None, augment: bool) -> None:
+    """``data.crop_padding`` is a number of pixels, and it pads ``data.augment``'s crop."""
+    if crop_padding is None:
+        return
+    if crop_padding < 0:
+        raise ConfigError(f"data.crop_padding must be 0 or more pixels, got {crop_padding}")
+    if not augment:
+        raise ConfigError(f"data.crop_padding={crop_padding} pads data.augment's random crop: set data.augment: true")

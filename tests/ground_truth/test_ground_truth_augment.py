@@ -1,7 +1,7 @@
-"""Ground truth for the batch augmentation both loops share (random crop with zero padding + flip).
+"""Ground truth for the batch augmentation both loops share (random crop with padding + flip).
 
 Every output image is decoded back into the crop offset and flip that made it, by comparing it with
-every crop and flip of the zero-padded input computed by hand in numpy. Properties over many draws
+every crop and flip of the padded input computed by hand in numpy (or padded by torchvision). Properties over many draws
 (half flipped, every offset reachable, seeded) are then counted on the decoded draws.
 """
 
@@ -12,10 +12,13 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torchvision.transforms.v2 import functional as tvF
 
 from project.augment import RandomCropFlip
 from project.cli import TwinloopCLI
 from project.data import ImageDataModule
+from project.data.transforms import normalize_batch
+from project.errors import ConfigError
 from project.reference.config import load_run
 from tests.helpers import FAST
 
@@ -28,10 +31,10 @@ def distinct_images(b: int, c: int, h: int, w: int) -> torch.Tensor:
     return torch.arange(1, b * c * h * w + 1, dtype=torch.float32).view(b, c, h, w)
 
 
-def hand_crops(image: np.ndarray, padding: int) -> dict[tuple[int, int, bool], np.ndarray]:
-    """Every (row offset, column offset, flipped) -> crop of the zero-padded (C, H, W) ``image``."""
+def hand_crops(image: np.ndarray, padding: int, fill: float = 0.0) -> dict[tuple[int, int, bool], np.ndarray]:
+    """Every (row offset, column offset, flipped) -> crop of the (C, H, W) ``image`` padded with ``fill``."""
     _, h, w = image.shape
-    padded = np.pad(image, ((0, 0), (padding, padding), (padding, padding)))
+    padded = np.pad(image, ((0, 0), (padding, padding), (padding, padding)), constant_values=fill)
     crops = {}
     for dy in range(2 * padding + 1):
         for dx in range(2 * padding + 1):
@@ -41,11 +44,11 @@ def hand_crops(image: np.ndarray, padding: int) -> dict[tuple[int, int, bool], n
     return crops
 
 
-def decode(x: torch.Tensor, out: torch.Tensor, padding: int) -> list[list[tuple[int, int, bool]]]:
+def decode(x: torch.Tensor, out: torch.Tensor, padding: int, fill: float = 0.0) -> list[list[tuple[int, int, bool]]]:
     """For each image, the (row offset, column offset, flipped) draws whose hand-made crop equals ``out``."""
     found = []
     for image, result in zip(x.numpy(), out.numpy()):
-        crops = hand_crops(image, padding)
+        crops = hand_crops(image, padding, fill)
         found.append([draw for draw, crop in crops.items() if np.array_equal(crop, result)])
     return found
 
@@ -146,11 +149,53 @@ def test_augmentation_leaves_the_global_rng_alone():
     assert torch.equal(torch.rand(3), expected)
 
 
+def test_the_crop_pads_with_black_as_torchvisions_random_crop_does_before_normalization():
+    """Each augmented image of a normalized batch is one crop (and flip) of its raw image padded with
+    black by torchvision (``RandomCrop(padding=1)``'s fill 0), then normalized: the same numbers,
+    border included, and not the data set's mean grey that a fill of 0 after normalization gives."""
+    dm = ImageDataModule(dataset="fake", augment=True, fake_image_shape=(3, 8, 8))
+    raw = torch.randint(1, 256, (64, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    stats = dm.normalization()
+    out = dm.augment_batch(normalize_batch(raw, stats))
+    padded = normalize_batch(tvF.pad(raw, [1, 1, 1, 1], fill=0), stats)
+    shifted = 0
+    for image, result in zip(padded, out):
+        crops = {(dy, dx): image[:, dy : dy + 8, dx : dx + 8] for dy in range(3) for dx in range(3)}
+        found = [at for at, crop in crops.items() if torch.equal(crop, result) or torch.equal(crop.flip(-1), result)]
+        assert len(found) == 1
+        shifted += found[0] != (1, 1)
+    assert shifted > 32  # 8 of 9 offsets show a border
+    assert dm.black() == normalize_batch(torch.zeros(1, 3, 1, 1, dtype=torch.uint8), stats).flatten().tolist()
+    assert all(value < -1.7 for value in dm.black())  # (0 - 0.5) / 0.2887: below every pixel's value
+
+
 @pytest.mark.parametrize(("shape", "padding"), [((1, 8, 8), 1), ((3, 32, 32), 4), ((3, 16, 64), 2), ((1, 4, 4), 1)])
 def test_data_module_pads_an_eighth_of_the_shorter_side(shape, padding):
     """The data module pads by min(H, W) // 8, at least 1: 4 px on 32 px images, 1 px on 8 px digits."""
     dm = ImageDataModule(dataset="fake", augment=True, fake_size=8, fake_image_shape=shape)
     assert dm.seeds.augmenter.padding == padding
+
+
+def test_data_crop_padding_sets_the_padding_and_0_flips_only():
+    """``data.crop_padding`` replaces the eighth of the side; at 0 every image is itself or its mirror."""
+    assert ImageDataModule(dataset="fake", augment=True, crop_padding=2).seeds.augmenter.padding == 2
+    dm = ImageDataModule(dataset="fake", augment=True, crop_padding=0, fake_image_shape=(1, 8, 8))
+    x = distinct_images(200, 1, 8, 8)
+    found = decode(x, dm.augment_batch(x), 0)
+    assert all(len(f) == 1 and f[0][:2] == (0, 0) for f in found)
+    assert 60 < sum(f[0][2] for f in found) < 140  # about half mirrored
+
+
+@pytest.mark.parametrize(
+    ("arguments", "named"),
+    [
+        ({"augment": True, "crop_padding": -1}, "data.crop_padding must be 0 or more"),
+        ({"crop_padding": 2}, "data.augment"),
+    ],
+)
+def test_a_bad_crop_padding_is_refused_by_name(arguments, named):
+    with pytest.raises(ConfigError, match=named):
+        ImageDataModule(dataset="fake", **arguments)
 
 
 @pytest.mark.parametrize("training", [True, False])
@@ -164,7 +209,8 @@ def test_data_module_hook_augments_training_images_only_and_never_labels(trainin
     out, labels = dm.on_after_batch_transfer((x, y), 0)
     assert torch.equal(labels, torch.arange(32))
     if training:
-        assert [len(f) for f in decode(x, out, 1)] == [1] * 32 and not torch.equal(out, x)
+        (black,) = dm.black()  # (0 - 0.5) / 0.2887, fake data's normalized black
+        assert [len(f) for f in decode(x, out, 1, black)] == [1] * 32 and not torch.equal(out, x)
     else:
         assert out is x
 
@@ -227,10 +273,11 @@ def test_both_loops_augment_training_images_and_nothing_else(loop):
         run.trainer.fit(run.model, run.datamodule)
 
     train, val = raw_batches("train", 3), raw_batches("val", 2)
+    (black,) = TwinloopCLI(args=AUGMENTED_RUN, run=False).datamodule.black()
     assert len(seen.stage("inputs", True)) == 3
     for (x, y), seen_x, seen_y in zip(train, seen.stage("inputs", True), seen.stage("targets", True)):
         assert torch.equal(seen_y, y)
-        assert [len(f) for f in decode(x, seen_x, 1)] == [1] * len(x)
+        assert [len(f) for f in decode(x, seen_x, 1, black)] == [1] * len(x)
         assert not torch.equal(seen_x, x)
     eval_inputs, eval_targets = seen.stage("inputs", False), seen.stage("targets", False)
     assert len(eval_inputs) >= 2  # Lightning's sanity pass repeats the first validation batches
